@@ -1,0 +1,265 @@
+"""Run directories and checkpoints: the only module that reads or writes weight files.
+
+A run directory is the unit of exchange between verbs::
+
+    RUN_DIR/
+      config.yaml               the full RunConfig (every field)
+      tokenizer.json            HF tokenizers file
+      model.safetensors         latest weights (final weights once the run ends)
+      train_state.safetensors   everything to resume bit-exactly: weights, optimizer, RNG, step
+      metrics.jsonl             one JSON object per log / eval event
+      data/                     token shards (train.bin, val.bin, meta.json)
+
+Every write goes to a temporary file in the same folder, is fsync'ed, then ``os.replace``d over
+the target, so a run killed at any moment (SIGKILL included) leaves either the old or the new file,
+never a torn one. Loading uses safetensors (no pickle) for tensors and JSON for the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from lmforge.errors import UserError
+
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
+TRAIN_STATE = "train_state.safetensors"
+TOKENIZER = "tokenizer.json"
+METRICS = "metrics.jsonl"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported on this platform (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- tensors
+def _dedupe(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies with shared storage (tied weights) stored once, under the first key."""
+    return {k: tensors[k].detach().to("cpu").contiguous() for k in _dedupe_keys(tensors)}
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically write a safetensors file (tied tensors are stored once)."""
+    atomic_write_bytes(path, st_save(_dedupe(tensors), metadata=metadata))
+
+
+def load_tensors(path: str | Path, what: str = "weights") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file -> (tensors, metadata). Missing or corrupt files are UserErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: not found (expected the {what} of an lmforge run)")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+    except Exception as e:  # safetensors raises several types on a torn / foreign file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: not a valid safetensors file ({reason}); expected {what} written by lmforge") from None
+    return tensors, meta
+
+
+def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Load a (possibly de-duplicated) state dict, checking names and shapes with a clear error."""
+    own = model.state_dict()
+    tied = _tied_keys(own)
+    unexpected = sorted(set(tensors) - set(own))
+    missing = sorted(k for k in set(own) - set(tensors) if k not in tied)
+    if unexpected or missing:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+        raise UserError(f"{source}: weights do not match the model in config.yaml ({'; '.join(parts)})")
+    for k, t in tensors.items():
+        if tuple(t.shape) != tuple(own[k].shape):
+            raise UserError(f"{source}: tensor {k} has shape {tuple(t.shape)}, the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(tensors, strict=False)
+
+
+def _dedupe_keys(sd: dict[str, torch.Tensor]) -> list[str]:
+    """Keys in order, skipping any whose storage an earlier key already holds (tied weights)."""
+    seen, keep = set(), []
+    for k, t in sd.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        if key is not None and key in seen:
+            continue
+        if key is not None:
+            seen.add(key)
+        keep.append(k)
+    return keep
+
+
+def _tied_keys(sd: dict[str, torch.Tensor]) -> set[str]:
+    """Keys whose storage an earlier key already holds (what ``_dedupe`` drops)."""
+    return set(sd) - set(_dedupe_keys(sd))
+
+
+def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def load_weights(path: str | Path, model: torch.nn.Module) -> None:
+    tensors, _ = load_tensors(path, "model weights")
+    load_into(model, tensors, str(path))
+
+
+# ----------------------------------------------------------------------------- training state
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state_dict -> (tensors, JSON-able rest)."""
+    tensors, rest = {}, {"param_groups": state["param_groups"], "state": {}}
+    for idx, per_param in state["state"].items():
+        rest["state"][str(idx)] = {}
+        for name, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{name}"] = value
+            else:
+                rest["state"][str(idx)][name] = value
+    return tensors, rest
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in rest["state"].items()}
+    for key, t in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = t
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_train_state(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    rng_states: list[torch.Tensor],
+) -> None:
+    """One file holds everything needed to resume, so it can never be half-updated.
+
+    ``meta`` is JSON (step, tokens seen, scaler state ...); ``rng_states`` is one CPU RNG state per
+    rank (dropout masks differ per rank, so each rank resumes its own).
+    """
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_rest = _flatten_optimizer(optimizer.state_dict())
+    tensors.update(opt_tensors)
+    for r, s in enumerate(rng_states):
+        tensors[f"rng.cpu.{r}"] = s
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    payload = {"meta": meta, "optimizer": opt_rest}
+    save_tensors(Path(run_dir) / TRAIN_STATE, tensors, {"lmforge": json.dumps(payload)})
+
+
+def load_train_state(run_dir: str | Path) -> dict[str, Any] | None:
+    """-> {'model': state_dict, 'optimizer': state_dict, 'meta': dict, 'rng': [states]}, or None if absent."""
+    path = Path(run_dir) / TRAIN_STATE
+    if not path.exists():
+        return None
+    tensors, metadata = load_tensors(path, "training state")
+    try:
+        payload = json.loads(metadata["lmforge"])
+    except (KeyError, json.JSONDecodeError):
+        raise UserError(f"{path}: training state has no lmforge metadata; expected a file written by `lmforge pretrain`") from None
+    model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    rng = [tensors[f"rng.cpu.{r}"] for r in range(len([k for k in tensors if k.startswith("rng.cpu.")]))]
+    return {
+        "model": model_sd,
+        "optimizer": _unflatten_optimizer(tensors, payload["optimizer"]),
+        "meta": payload["meta"],
+        "rng": rng,
+        "rng_cuda": tensors.get("rng.cuda"),
+    }
+
+
+# ----------------------------------------------------------------------------- metrics
+def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
+    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a kill: drop it
+            continue
+    return out
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> None:
+    """Keep only records up to ``step`` (on resume, later ones are recomputed)."""
+    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def require_run_dir(path: str | Path) -> Path:
+    """A folder holding config.yaml, or a UserError saying what was expected."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: run directory not found")
+    if not p.is_dir() or not (p / CONFIG).is_file():
+        raise UserError(f"{p}: not an lmforge run directory (expected a folder with {CONFIG}, made by `lmforge pretrain --out`)")
+    return p
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """-> (RunConfig, model in eval mode with the run's weights, Tokenizer). Errors name the file."""
+    from lmforge.config import from_dict, load_yaml
+    from lmforge.models import build
+    from lmforge.tokenizer import Tokenizer
+
+    run_dir = require_run_dir(run_dir)
+    cfg = from_dict(load_yaml(run_dir / CONFIG), str(run_dir / CONFIG))
+    tok = Tokenizer.load(run_dir / TOKENIZER)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = tok.vocab_size
+    if cfg.model.vocab_size < tok.vocab_size:
+        raise UserError(f"{run_dir / CONFIG}: model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
+    tensors, _ = load_tensors(run_dir / WEIGHTS, "model weights")
+    model = build(cfg.model)
+    load_into(model, tensors, str(run_dir / WEIGHTS))
+    return cfg, model.to(device).eval(), tok

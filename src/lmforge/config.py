@@ -1,0 +1,271 @@
+"""Configuration: one dataclass per concern, YAML recipes and ``--section.key=value`` overrides.
+
+A recipe (``configs/*.yaml``) only sets fields of these dataclasses::
+
+    model: {n_layer: 2, n_embd: 64}
+    train: {lr: 3.0e-3, max_steps: 200}
+
+Precedence: dataclass defaults < YAML recipe < command-line overrides. ``__post_init__`` validates
+and raises :class:`UserError` naming the field; unknown keys and wrong types name the key too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmforge.errors import UserError
+
+
+def F(default: Any, help: str) -> Any:  # noqa: A002 - 'help' reads best in the field list
+    """A dataclass field with a one-line help text (shown by ``lmforge <verb> --help``)."""
+    return field(default=default, metadata={"help": help})
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise UserError(f"{section}.{name}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _check_positive(section: str, name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{section}.{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = F("gpt", "model family: gpt")
+    vocab_size: int = F(0, "vocabulary size; 0 = take it from the tokenizer")
+    block_size: int = F(128, "context length in tokens")
+    n_layer: int = F(2, "number of Transformer blocks")
+    n_head: int = F(2, "attention heads per block")
+    n_embd: int = F(64, "embedding / residual width")
+    dropout: float = F(0.0, "dropout probability (embeddings, attention output, MLP)")
+    bias: bool = F(True, "use biases in Linear and LayerNorm layers (GPT-2 does)")
+    pos_emb: str = F("learned", "position embeddings: learned | sinusoidal")
+    tie_weights: bool = F(True, "share the token embedding with the output head")
+    norm_eps: float = F(1e-5, "LayerNorm epsilon")
+
+    def __post_init__(self) -> None:
+        _check_choice("model", "name", self.name, ("gpt",))
+        _check_choice("model", "pos_emb", self.pos_emb, ("learned", "sinusoidal"))
+        for k in ("block_size", "n_layer", "n_head", "n_embd"):
+            _check_positive("model", k, getattr(self, k))
+        _check_positive("model", "vocab_size", self.vocab_size, allow_zero=True)
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.n_embd % self.n_head:
+            raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass
+class DataConfig:
+    path: str = F("", "data set name (see `lmforge data list`) or a .txt file / folder of .txt files")
+    tokenizer: str = F("", "tokenizer.json (or a folder holding one); empty = train one on the data into the run dir")
+    vocab_size: int = F(4096, "vocabulary size when a tokenizer is trained")
+    val_fraction: float = F(0.05, "share of a local text held out for validation (registry sets have fixed splits)")
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 260:
+            raise UserError(f"data.vocab_size: expected at least 260 (256 bytes + special tokens), got {self.vocab_size}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"data.val_fraction: expected a fraction in (0, 1), got {self.val_fraction!r}")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = F(100, "optimizer steps to train")
+    batch_size: int = F(8, "global batch: sequences per optimizer step, summed over processes and accumulation")
+    grad_accum: int = F(1, "micro-batches accumulated per optimizer step (per process)")
+    optimizer: str = F("adamw", "adamw | sgd | rmsprop")
+    lr: float = F(1e-3, "peak learning rate")
+    min_lr_ratio: float = F(0.1, "final LR as a fraction of lr (cosine schedules)")
+    schedule: str = F("cosine", "LR schedule: cosine | constant | step | cosine_restarts (all after warmup)")
+    warmup_steps: int = F(0, "linear warmup steps")
+    step_size: int = F(1000, "step schedule: decay the LR every N steps")
+    gamma: float = F(0.5, "step schedule: multiply the LR by this at each decay")
+    restart_period: int = F(1000, "cosine_restarts: steps in each cosine cycle")
+    weight_decay: float = F(0.1, "weight decay on matrices (not on biases, norms)")
+    beta1: float = F(0.9, "AdamW beta1 / RMSprop -")
+    beta2: float = F(0.95, "AdamW beta2")
+    momentum: float = F(0.9, "SGD / RMSprop momentum")
+    grad_clip: float = F(1.0, "clip the gradient norm to this; 0 = off")
+    eval_interval: int = F(50, "evaluate on the validation split every N steps (and at the end); 0 = only at the end")
+    eval_batches: int = F(10, "batches per evaluation")
+    save_interval: int = F(50, "write a resumable checkpoint every N steps (and at the end)")
+    log_interval: int = F(10, "append train loss to metrics.jsonl every N steps")
+    seed: int = F(1337, "random seed: weights, batches, dropout")
+    device: str = F("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = F("float32", "compute dtype via autocast: float32 | bfloat16 | float16 (weights stay float32)")
+    compile: bool = F(False, "torch.compile the model")
+    num_threads: int = F(0, "CPU threads for torch; 0 = leave torch's default")
+
+    def __post_init__(self) -> None:
+        _check_choice("train", "optimizer", self.optimizer, ("adamw", "sgd", "rmsprop"))
+        _check_choice("train", "schedule", self.schedule, ("cosine", "constant", "step", "cosine_restarts"))
+        _check_choice("train", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        for k in ("max_steps", "batch_size", "grad_accum", "step_size", "restart_period", "eval_batches", "save_interval", "log_interval"):
+            _check_positive("train", k, getattr(self, k))
+        for k in ("warmup_steps", "weight_decay", "grad_clip", "eval_interval", "num_threads"):
+            _check_positive("train", k, getattr(self, k), allow_zero=True)
+        _check_positive("train", "lr", self.lr)
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise UserError(f"train.min_lr_ratio: expected a fraction in [0, 1], got {self.min_lr_ratio!r}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as ``RUN_DIR/config.yaml``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "config") -> "RunConfig":
+        return from_dict(d, source)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _field_types(section_cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def coerce(value: Any, typ: type, where: str) -> Any:
+    """Check / convert one value to a field's type; strings (from the CLI) are parsed.
+
+    >>> coerce("3e-4", float, "train.lr")
+    0.0003
+    >>> coerce("yes", bool, "train.compile")
+    True
+    """
+    if isinstance(value, str) and typ is not str:
+        s = value.strip()
+        if typ is bool:
+            low = s.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise UserError(f"{where}: expected a boolean (true/false), got {value!r}")
+        try:
+            return int(s) if typ is int else float(s)
+        except ValueError:
+            raise UserError(f"{where}: expected {'an integer' if typ is int else 'a number'}, got {value!r}") from None
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected a boolean (true/false), got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{where}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+        raise UserError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config field type {typ} at {where}")
+
+
+def from_dict(d: Any, source: str = "config", base: RunConfig | None = None) -> RunConfig:
+    """Build a RunConfig from a nested dict, on top of ``base`` (defaults if None).
+
+    Unknown sections / keys and wrong types raise UserError naming ``source`` and the key.
+    """
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: expected a mapping with sections {', '.join(SECTIONS)}, got {type(d).__name__}")
+    merged = (base or RunConfig()).to_dict()
+    for section, values in d.items():
+        if section not in SECTIONS:
+            raise UserError(f"{source}: unknown section {section!r} (expected one of: {', '.join(SECTIONS)})")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section {section!r} must be a mapping of keys to values")
+        types = _field_types(SECTIONS[section])
+        for key, value in values.items():
+            if key not in types:
+                raise UserError(f"{source}: unknown key '{section}.{key}' (known: {', '.join(types)})")
+            merged[section][key] = coerce(value, types[key], f"{source}: {section}.{key}")
+    return build(merged, source)
+
+
+def build(merged: dict, source: str) -> RunConfig:
+    """Construct the dataclasses (running their validation) from a complete nested dict."""
+    try:
+        return RunConfig(**{name: SECTIONS[name](**merged[name]) for name in SECTIONS})
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML file into a dict; a missing / unreadable / malformed file is a UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found (expected a YAML recipe such as configs/gpt-tiny.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not a UTF-8 text file (expected a YAML recipe)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    return data if data is not None else {}
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults < YAML file < ``overrides`` ({'train.lr': '3e-4', ...})."""
+    cfg = from_dict(load_yaml(path), str(path))
+    return apply_overrides(cfg, overrides or {})
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str = "command line") -> RunConfig:
+    """Apply dotted ``section.key`` overrides (values may be strings from the CLI)."""
+    nested: dict[str, dict] = {}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise UserError(f"{source}: option --{dotted} must be --section.key (e.g. --train.lr)")
+        nested.setdefault(section, {})[key] = value
+    return from_dict(nested, source, base=cfg)
+
+
+def save_config(cfg: RunConfig) -> str:
+    """The YAML text of a config (all fields, so a run dir is self-describing)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def option_specs() -> list[tuple[str, type, Any, str]]:
+    """(dotted name, type, default, help) for every field: the CLI turns these into options."""
+    out = []
+    for section, cls in SECTIONS.items():
+        types = _field_types(cls)
+        for f in dataclasses.fields(cls):
+            out.append((f"{section}.{f.name}", types[f.name], f.default, f.metadata.get("help", "")))
+    return out
