@@ -18,8 +18,6 @@ never a torn one. Loading uses safetensors (no pickle) for tensors and JSON for 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,47 +26,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from lmforge.errors import UserError
+from lmforge.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "train_state.safetensors"
 TOKENIZER = "tokenizer.json"
 METRICS = "metrics.jsonl"
-
-
-# ----------------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not supported on this platform (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- tensors

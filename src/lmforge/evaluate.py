@@ -1,0 +1,81 @@
+"""Evaluation of language models: loss, perplexity, and the unigram baseline to compare against.
+
+The unigram entropy of a split is the loss (nats / token) of the best model that ignores context:
+predicting every token from its frequency in that split. A trained LM must beat it by a wide margin
+to have learned anything beyond token frequencies.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge import checkpoint as ckpt
+from lmforge.train import lm_loss
+
+
+def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
+    """Entropy in nats / token of the split's own token frequencies.
+
+    >>> round(unigram_entropy(np.array([0, 0, 1, 1]), 4), 4)  # two equally likely tokens: ln 2
+    0.6931
+    """
+    counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+@torch.no_grad()
+def lm_loss_over(model: torch.nn.Module, tokens: np.ndarray, block_size: int, batch_size: int = 8,
+                 max_batches: int | None = None, device: str | torch.device = "cpu") -> tuple[float, int]:
+    """Mean next-token loss over non-overlapping windows covering the whole split -> (loss, tokens scored)."""
+    n_windows = (len(tokens) - 1) // block_size
+    starts = np.arange(n_windows) * block_size
+    if max_batches is not None:
+        starts = starts[: max_batches * batch_size]
+    total, count = 0.0, 0
+    offsets = np.arange(block_size + 1)
+    for i in range(0, len(starts), batch_size):
+        chunk = torch.from_numpy(np.asarray(tokens[starts[i : i + batch_size, None] + offsets], dtype=np.int64)).to(device)
+        logits = model(chunk[:, :-1])
+        n = chunk[:, 1:].numel()
+        total += lm_loss(logits, chunk[:, 1:]).item() * n
+        count += n
+    return (total / count if count else float("nan")), count
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val",
+                 max_batches: int | None = None, device: str = "cpu") -> dict:
+    """Loss / perplexity of a run's model on ``split`` of its own token data, or of ``data`` (a name or path)."""
+    cfg, model, tok = ckpt.load_run(run_dir, device)
+    if data is None:
+        from lmforge.data import TokenData
+
+        token_data = TokenData.load(Path(run_dir) / "data")
+        tokens = token_data.train if split == "train" else token_data.val
+        source = f"{run_dir}/data ({split})"
+    else:
+        from lmforge.datasets import load_text
+
+        train_text, val_text = load_text(data, cfg.data.val_fraction)
+        tokens = np.asarray(tok.encode(train_text if split == "train" else val_text), dtype=np.int64)
+        source = f"{data} ({split})"
+    if len(tokens) < 2:
+        from lmforge.errors import UserError
+
+        raise UserError(f"{source}: has {len(tokens)} tokens; at least 2 are needed to evaluate")
+    block = min(cfg.model.block_size, len(tokens) - 1)
+    loss, scored = lm_loss_over(model, tokens, block, max_batches=max_batches, device=device)
+    h1 = unigram_entropy(tokens, cfg.model.vocab_size)
+    return {
+        "run_dir": str(run_dir),
+        "data": source,
+        "tokens": int(scored),
+        "loss": round(loss, 5),
+        "perplexity": round(math.exp(min(loss, 50.0)), 3),
+        "unigram_entropy": round(h1, 5),
+        "unigram_perplexity": round(math.exp(h1), 3),
+    }

@@ -1,0 +1,23 @@
+"""Model families: ``build(cfg)`` picks the class from ``cfg.name``; every model's forward returns logits."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lmforge.config import ModelConfig
+from lmforge.errors import UserError
+from lmforge.models.gpt import GPT
+from lmforge.models.layers import KVCache
+
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT}
+
+__all__ = ["GPT", "MODELS", "KVCache", "build"]
+
+
+def build(cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised model for ``cfg`` (``cfg.vocab_size`` must already be set)."""
+    if cfg.name not in MODELS:
+        raise UserError(f"model.name: unknown model family {cfg.name!r} (known: {', '.join(MODELS)})")
+    if cfg.vocab_size <= 0:
+        raise UserError("model.vocab_size is 0: set it (or take it from the tokenizer) before building the model")
+    return MODELS[cfg.name](cfg)

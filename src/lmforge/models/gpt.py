@@ -1,0 +1,131 @@
+"""GPT: a pre-LayerNorm decoder-only Transformer in the shape of GPT-2 (and nanoGPT's model.py).
+
+Parameter names mirror Hugging Face's GPT-2 (``transformer.wte``, ``transformer.h.0.attn.c_attn``,
+``lm_head``, ...) so that :mod:`lmforge.hf` is a thin key map (plus Conv1D transposes).
+``forward`` returns logits; the loss lives in the training code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from lmforge.config import ModelConfig
+from lmforge.models.layers import MLP, CausalSelfAttention, KVCache, sinusoidal_positions
+
+
+class Block(nn.Module):
+    """Pre-LN residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)
+        x = x + self.mlp(self.ln_2(x))  # (B, T, C)
+        return x
+
+
+class GPT(nn.Module):
+    """Token + position embeddings, ``n_layer`` blocks, a final LayerNorm and the output head.
+
+    Positions are learned (``transformer.wpe``, GPT-2) or a fixed sinusoidal table kept as a
+    non-persistent buffer ``pos_table`` (not in the state dict). With ``tie_weights`` the head shares
+    its weight tensor with ``transformer.wte``.
+
+    >>> m = GPT(ModelConfig(vocab_size=100, n_layer=2, n_embd=32, n_head=2, block_size=16))
+    >>> m(torch.zeros(3, 5, dtype=torch.long)).shape
+    torch.Size([3, 5, 100])
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError(f"GPT needs a positive vocab_size, got {cfg.vocab_size} (set it from the tokenizer)")
+        self.cfg = cfg
+        C = cfg.n_embd
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, C),
+                **({"wpe": nn.Embedding(cfg.block_size, C)} if cfg.pos_emb == "learned" else {}),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                ln_f=nn.LayerNorm(C, eps=cfg.norm_eps, bias=cfg.bias),
+            )
+        )
+        if cfg.pos_emb == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_positions(cfg.block_size, C), persistent=False)
+        self.lm_head = nn.Linear(C, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        # GPT-2 / nanoGPT init: N(0, 0.02); residual projections scaled by 1/sqrt(2 * n_layer).
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits (B, T, vocab_size) for token ids ``idx`` (B, T).
+
+        With a ``cache`` the tokens sit at positions ``[cache.pos, cache.pos + T)``; their keys and
+        values are appended to the cache and ``cache.pos`` advances by T.
+        """
+        T = idx.shape[1]  # idx: (B, T)
+        start = 0 if cache is None else cache.pos
+        if start + T > self.cfg.block_size:
+            where = f" at position {start}" if start else ""
+            raise ValueError(f"sequence of {T} tokens{where} exceeds block_size {self.cfg.block_size}")
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"KV cache full: {start} cached + {T} new tokens > max_len {cache.max_len}")
+        table = self.transformer.wpe.weight if self.cfg.pos_emb == "learned" else self.pos_table
+        pos = table[start : start + T]  # (T, C), broadcast over the batch
+        x = self.transformer.drop(self.transformer.wte(idx) + pos)  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i)  # (B, T, C)
+        x = self.transformer.ln_f(x)  # (B, T, C)
+        logits = self.lm_head(x)  # (B, T, V)
+        if cache is not None:
+            cache.advance(T)
+        return logits
+
+    def new_cache(
+        self,
+        batch_size: int = 1,
+        max_len: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
+        """A pre-allocated :class:`KVCache` for this model (``max_len`` defaults to, and may not exceed, block_size).
+
+        ``dtype`` defaults to the autocast dtype when autocast is on for the model's device, else to
+        the parameters' dtype; ``device`` to the parameters' device.
+        """
+        max_len = self.cfg.block_size if max_len is None else max_len
+        if not 0 < max_len <= self.cfg.block_size:
+            raise ValueError(f"cache max_len must be in [1, block_size={self.cfg.block_size}], got {max_len}")
+        w = self.transformer.wte.weight
+        device = w.device if device is None else torch.device(device)
+        if dtype is None:
+            on = torch.is_autocast_enabled(device.type)
+            dtype = torch.get_autocast_dtype(device.type) if on else w.dtype
+        cfg = self.cfg
+        return KVCache(batch_size, cfg.n_head, max_len, cfg.head_size, dtype, device, n_layer=cfg.n_layer)
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        """Number of parameters (a tied head counts once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,160 @@
+"""The pretraining recipe: data -> tokenizer -> token shards -> model -> ``fit()``, in a run dir.
+
+Every stage writes its product into the run dir atomically and is skipped when the product is
+already there, so ``--resume`` after a kill at any stage continues where the run stopped:
+config.yaml first, then tokenizer.json, then data/ (token shards), then checkpoints.
+
+Under torchrun, rank 0 does the one-off work (tokenizer, shards, saving); the others wait and read.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lmforge import checkpoint as ckpt
+from lmforge import distributed
+from lmforge.config import RunConfig, apply_overrides, load_config, save_config
+from lmforge.data import TokenData, iter_eval_batches, make_batch, prepare_tokens, sample_starts
+from lmforge.errors import UserError
+from lmforge.models import build
+from lmforge.tokenizer import Tokenizer, train_tokenizer
+from lmforge.train import fit, resolve_device
+
+
+class LMBatches:
+    """Random contiguous blocks of the train split; the global batch of step s is drawn from a
+    generator seeded with (seed, s), and process / micro-batch ``index`` takes its slice of it."""
+
+    def __init__(self, data: TokenData, block_size: int, global_batch: int, seed: int, eval_batches: int):
+        self.data, self.block_size, self.global_batch = data, block_size, global_batch
+        self.seed, self.n_eval = seed, eval_batches
+        self.tokens_per_sample = block_size
+
+    def train_batch(self, step: int, index: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        starts = sample_starts(len(self.data.train), self.block_size, self.global_batch, g)
+        return make_batch(self.data.train, starts[index * size : (index + 1) * size], self.block_size)
+
+    def eval_batches(self):
+        return iter_eval_batches(self.data.val, self.block_size, self.global_batch, self.n_eval)
+
+
+def _main_first(info: distributed.DistInfo, fn: Callable[[], Any]) -> None:
+    """Run ``fn`` on rank 0 while the others wait; a UserError there is raised on every rank."""
+    err = None
+    if info.is_main:
+        try:
+            fn()
+        except UserError as e:
+            err = str(e)
+    err = distributed.broadcast_object(err, info)
+    if err is not None:
+        raise UserError(err)
+
+
+def _new_run_config(config_path, overrides, out) -> tuple[RunConfig, Path]:
+    if out is None:
+        raise UserError("--out RUN_DIR is required to start a run (or --resume RUN_DIR to continue one)")
+    cfg = load_config(config_path, overrides) if config_path else apply_overrides(RunConfig(), overrides)
+    if not cfg.data.path:
+        raise UserError("data.path: no training data given (pass --data.path NAME|FILE|FOLDER or set data.path in the recipe)")
+    run_dir = Path(out)
+    if (run_dir / ckpt.CONFIG).exists():
+        raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose another --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a folder (expected a new or empty run directory)")
+    return cfg, run_dir
+
+
+def _discard_new_run(run_dir: Path, existed: set[str] | None) -> None:
+    """Remove what this invocation added to ``run_dir`` (all of it if it made the folder)."""
+    import shutil
+
+    if existed is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for p in run_dir.iterdir():
+        if p.name not in existed:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _prepare(cfg: RunConfig, run_dir: Path) -> None:
+    """Tokenizer and token shards into the run dir, each skipped if already there."""
+    from lmforge.datasets import load_text
+
+    tok_path, data_dir = run_dir / ckpt.TOKENIZER, run_dir / "data"
+    if tok_path.exists() and (data_dir / "meta.json").exists():
+        return
+    train_text, val_text = load_text(cfg.data.path, cfg.data.val_fraction)
+    if not tok_path.exists():
+        if cfg.data.tokenizer:
+            tok = Tokenizer.load(cfg.data.tokenizer)
+        else:
+            print(f"training a {cfg.data.vocab_size}-token BPE tokenizer on {cfg.data.path} ...", flush=True)
+            tok = train_tokenizer(train_text.splitlines(keepends=True), cfg.data.vocab_size)
+        tok.save(tok_path)
+    prepare_tokens(Tokenizer.load(tok_path), train_text, val_text, data_dir)
+
+
+def pretrain(
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Start (``config_path`` / ``overrides`` / ``out``) or continue (``resume``) a pretraining run.
+
+    Returns fit()'s summary (steps, tokens, seconds, train / val loss, val perplexity).
+    """
+    overrides = overrides or {}
+    if resume is not None:
+        run_dir = ckpt.require_run_dir(resume)
+        cfg = load_config(run_dir / ckpt.CONFIG, overrides)
+    else:
+        cfg, run_dir = _new_run_config(config_path, overrides, out)
+    info = distributed.init(resolve_device(cfg.train.device).type)
+    try:
+        if resume is None:  # every rank has checked the run dir is new before rank 0 writes
+            distributed.barrier(info)
+            existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
+            _main_first(info, lambda: ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg)))
+            try:
+                _main_first(info, lambda: _prepare(cfg, run_dir))
+            except UserError:  # bad data: leave no half-made run behind, so the same command can be re-run
+                if info.is_main:
+                    _discard_new_run(run_dir, existed)
+                raise
+        else:
+            _main_first(info, lambda: _prepare(cfg, run_dir))
+        tok = Tokenizer.load(run_dir / ckpt.TOKENIZER)
+        data = TokenData.load(run_dir / "data")
+
+        if cfg.model.vocab_size == 0:
+            cfg.model.vocab_size = tok.vocab_size
+        elif cfg.model.vocab_size < tok.vocab_size:
+            raise UserError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's ({tok.vocab_size}); use 0 to take the tokenizer's")
+        _main_first(info, lambda: ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg)))
+
+        torch.manual_seed(cfg.train.seed)
+        model = build(cfg.model)
+        batches = LMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches)
+        for split, tokens in (("train", data.train), ("val", data.val)):
+            if len(tokens) < cfg.model.block_size + 1:
+                raise UserError(
+                    f"{run_dir / 'data'}: the {split} split has {len(tokens)} tokens, fewer than model.block_size + 1 "
+                    f"({cfg.model.block_size + 1}); use a smaller --model.block_size or more data"
+                )
+        summary = fit(model, batches, cfg.train, run_dir, info=info, progress=progress)
+        summary["run_dir"] = str(run_dir)
+        summary["params"] = sum(p.numel() for p in model.parameters())
+        if summary.get("val_loss") is not None and not math.isfinite(summary["val_loss"]):
+            summary["val_ppl"] = float("inf")
+        summary["is_main"] = info.is_main
+        return summary
+    finally:
+        distributed.shutdown(info)

@@ -1,0 +1,154 @@
+"""Byte-level BPE (Hugging Face ``tokenizers``): train, save, load, encode, decode.
+
+Byte-level means every string round-trips exactly, whatever its script: ``decode(encode(s)) == s``
+for Chinese, emoji, control characters and stray whitespace alike (no normalizer, no unknown
+token, no prefix space).
+
+Special tokens have the fixed ids 0..4 (:data:`SPECIAL_TOKENS` order). ``encode`` adds none,
+but a special token's *string* in the text is matched as that token, so it still round-trips:
+
+>>> tok.encode("a<|endoftext|>b")          # doctest: +SKIP
+[69, 1, 70]
+>>> tok.decode([69, 1, 70]), tok.decode([69, 1, 70], skip_special_tokens=True)  # doctest: +SKIP
+('a<|endoftext|>b', 'ab')
+
+Training is deterministic: the same texts give a byte-identical ``tokenizer.json`` (and so the
+same :attr:`Tokenizer.sha256`), with or without ``TOKENIZERS_PARALLELISM``; the BPE trainer
+breaks ties between equally frequent pairs by the pair itself, not by hash-map order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from lmforge.errors import UserError
+from lmforge.fileio import atomic_write_text
+
+SPECIAL_TOKENS = {"bos": "<|bos|>", "eos": "<|endoftext|>", "pad": "<|pad|>", "unk": "<|unk|>", "mask": "<|mask|>"}
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte plus the special tokens
+
+
+class Tokenizer:
+    """A thin wrapper over ``tokenizers.Tokenizer`` with lmforge's special-token roles."""
+
+    def __init__(self, hf: _HFTokenizer):
+        self.hf = hf
+
+    # -- encode / decode
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    # -- vocabulary
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def _special_id(self, role: str) -> int | None:
+        """Id of a role's token; GPT-2 files have only ``<|endoftext|>``, which then serves as all."""
+        i = self.hf.token_to_id(SPECIAL_TOKENS[role])
+        return i if i is not None or role == "mask" else self.hf.token_to_id(SPECIAL_TOKENS["eos"])
+
+    bos_id = property(lambda self: self._special_id("bos"))
+    eos_id = property(lambda self: self._special_id("eos"))
+    pad_id = property(lambda self: self._special_id("pad"))
+    unk_id = property(lambda self: self._special_id("unk"))
+    mask_id = property(lambda self: self._special_id("mask"))
+
+    # -- files
+    def to_json(self) -> str:
+        return self.hf.to_str()
+
+    @property
+    def sha256(self) -> str:
+        """Fingerprint: sha256 of the serialized ``tokenizer.json`` text."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path`` (a ``.../tokenizer.json`` file) atomically: temp file, then rename."""
+        path = Path(path)
+        atomic_write_text(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        """From a ``tokenizer.json`` file or a folder that holds one."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise UserError(f"{path}: no such tokenizer file (expected a tokenizer.json or a folder holding one)")
+        try:
+            return cls(_HFTokenizer.from_file(str(path)))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"{path}: not a valid tokenizer.json ({first})") from None
+
+    @classmethod
+    def from_gpt2_files(cls, vocab_json: str | os.PathLike, merges_txt: str | os.PathLike) -> "Tokenizer":
+        """From GPT-2 style ``vocab.json`` + ``merges.txt`` (canonical GPT-2 ids are kept)."""
+        for p in (vocab_json, merges_txt):
+            if not Path(p).is_file():
+                raise UserError(f"{p}: no such file (expected GPT-2 vocab.json and merges.txt)")
+        try:
+            hf = _HFTokenizer(models.BPE.from_file(str(vocab_json), str(merges_txt)))
+        except Exception as e:
+            raise UserError(f"{vocab_json}, {merges_txt}: not GPT-2 BPE files ({str(e).splitlines()[0]})") from None
+        _byte_level(hf)
+        hf.add_special_tokens([t for t in SPECIAL_TOKENS.values() if hf.token_to_id(t) is not None])
+        return cls(hf)
+
+
+def _byte_level(hf: _HFTokenizer) -> None:
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, min_frequency: int = 2, show_progress: bool = False
+) -> Tokenizer:
+    """Train byte-level BPE on ``texts`` (an iterable of documents or lines)."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(
+            f"vocab_size={vocab_size} is too small: a byte-level tokenizer needs at least {MIN_VOCAB_SIZE} "
+            f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
+        )
+    hf = _HFTokenizer(models.BPE())
+    _byte_level(hf)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    hf.train_from_iterator(texts, trainer=trainer)
+    tok = Tokenizer(hf)
+    if tok.vocab_size < vocab_size:
+        warnings.warn(
+            f"the tokenizer reached only {tok.vocab_size} of vocab_size={vocab_size} tokens: the text has too "
+            f"few pairs seen at least min_frequency={min_frequency} times (give more text or a smaller vocab_size)",
+            stacklevel=2,
+        )
+    return tok
+
+
+def train_from_spec(spec: str, vocab_size: int, out_dir: str | os.PathLike, min_frequency: int = 2) -> Path:
+    """Train on the train split of ``spec`` (see :func:`lmforge.datasets.load_text`); the saved path."""
+    from lmforge.datasets import load_text
+
+    train_text, _ = load_text(spec)
+    tok = train_tokenizer(train_text.splitlines(keepends=True), vocab_size, min_frequency)
+    return tok.save(Path(out_dir) / "tokenizer.json")

@@ -1,0 +1,71 @@
+"""Kill a real `lmforge pretrain` process with SIGKILL, resume it, and get the same weights bit for bit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import REPO, env1, lmforge, make_corpus
+from safetensors.torch import load_file
+
+TINY = str(REPO / "configs" / "gpt-tiny.yaml")
+pytestmark = pytest.mark.slow
+
+
+def args(corpus, out):
+    return ["pretrain", "--config", TINY, "--data.path", str(corpus), "--train.max_steps=120", "--train.seed=7",
+            "--train.save_interval=10", "--train.num_threads=1", "--model.dropout=0.1", "--out", str(out)]
+
+
+def kill_when(out, predicate, timeout=120.0):
+    """Start a pretraining child and SIGKILL it as soon as ``predicate(out)`` holds."""
+    p = subprocess.Popen([sys.executable, "-m", "lmforge", *args(CORPUS, out)], env=env1(), cwd=REPO,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while p.poll() is None and not predicate(out):
+        assert time.time() - t0 < timeout, "child never reached the kill point"
+        time.sleep(0.01)
+    assert p.poll() is None, "child finished before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+
+
+def step_of(out):
+    from lmforge.checkpoint import read_metrics
+
+    steps = [r["step"] for r in read_metrics(out) if r.get("split") == "train"]
+    return steps[-1] if steps else 0
+
+
+CORPUS = None
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    global CORPUS
+    tmp = tmp_path_factory.mktemp("resume")
+    CORPUS = make_corpus(tmp / "corpus.txt", lines=600)
+    lmforge(*args(CORPUS, tmp / "ref"))
+    return tmp, load_file(tmp / "ref" / "model.safetensors")
+
+
+@pytest.mark.parametrize("where", ["mid-training", "between-checkpoints", "before-training"])
+def test_sigkill_then_resume_is_bit_exact(reference, where):
+    tmp, ref = reference
+    out = tmp / where
+    if where == "mid-training":
+        kill_when(out, lambda d: step_of(d) >= 45)
+    elif where == "between-checkpoints":
+        kill_when(out, lambda d: step_of(d) >= 91)
+    else:  # killed while the tokenizer / token shards are being made, or just after
+        kill_when(out, lambda d: (d / "config.yaml").exists())
+    lmforge("pretrain", "--resume", str(out))
+    got = load_file(out / "model.safetensors")
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k

@@ -1,0 +1,131 @@
+"""fit() on a toy model and batch source: it is family-agnostic, so no GPT is needed here."""
+
+import math
+
+import pytest
+import torch
+
+from lmforge import checkpoint as ckpt
+from lmforge.config import TrainConfig
+from lmforge.train import TrainingDiverged, fit, lm_loss
+
+V, T = 16, 8
+
+
+class Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(V, 32)
+        self.drop = torch.nn.Dropout(0.2)  # exercises the saved RNG state
+        self.head = torch.nn.Linear(32, V)
+
+    def forward(self, x):
+        return self.head(self.drop(self.emb(x)))
+
+
+class Counting:
+    """Next token = (token + 1) mod V; the global batch of a step is a function of (seed, step)."""
+
+    tokens_per_sample = T
+
+    def __init__(self, global_batch, fail_at=None):
+        self.global_batch, self.fail_at = global_batch, fail_at
+
+    def _batch(self, step):
+        g = torch.Generator().manual_seed(step)
+        start = torch.randint(0, V, (self.global_batch, 1), generator=g)
+        seq = (start + torch.arange(T + 1)) % V
+        return seq[:, :-1], seq[:, 1:]
+
+    def train_batch(self, step, index, size):
+        if step == self.fail_at:
+            raise KeyboardInterrupt("simulated kill")
+        x, y = self._batch(step)
+        return x[index * size : (index + 1) * size], y[index * size : (index + 1) * size]
+
+    def eval_batches(self):
+        return [self._batch(10_000 + i) for i in range(2)]
+
+
+def cfg(**kw):
+    base = dict(max_steps=12, batch_size=8, lr=0.05, warmup_steps=2, eval_interval=6, save_interval=4, log_interval=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def new_model():
+    torch.manual_seed(0)
+    return Toy()
+
+
+def test_fit_learns_and_logs(tmp_path):
+    s = fit(new_model(), Counting(8), cfg(max_steps=40), tmp_path, progress=False)
+    assert s["steps"] == 40 and s["val_loss"] < 0.5 * math.log(V)
+    recs = ckpt.read_metrics(tmp_path)
+    assert {r["split"] for r in recs} == {"train", "val"}
+    assert (tmp_path / ckpt.WEIGHTS).exists() and (tmp_path / ckpt.TRAIN_STATE).exists()
+
+
+@pytest.mark.parametrize("opt, schedule, accum", [("adamw", "cosine", 1), ("sgd", "step", 2), ("rmsprop", "cosine_restarts", 4)])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, opt, schedule, accum):
+    c = cfg(optimizer=opt, schedule=schedule, grad_accum=accum, step_size=3, restart_period=5)
+    m_ref = new_model()
+    fit(m_ref, Counting(8), c, tmp_path / "ref", progress=False)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(new_model(), Counting(8, fail_at=10), c, tmp_path / "run", progress=False)
+    assert ckpt.load_train_state(tmp_path / "run")["meta"]["step"] == 8
+    m = new_model()
+    fit(m, Counting(8), c, tmp_path / "run", progress=False)
+    for a, b in zip(m_ref.state_dict().values(), m.state_dict().values()):
+        assert torch.equal(a, b)
+    steps = [r["step"] for r in ckpt.read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert steps == sorted(set(steps))  # replayed steps were not logged twice
+
+
+def test_grad_accum_matches_full_batch(tmp_path):
+    a, b = new_model(), new_model()
+    a.drop.p = b.drop.p = 0.0
+    fit(a, Counting(8), cfg(grad_accum=1), tmp_path / "a", progress=False)
+    fit(b, Counting(8), cfg(grad_accum=4), tmp_path / "b", progress=False)
+    for x, y in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    def exploding(logits, y, calls=[0]):  # noqa: B006 - a counter across calls
+        calls[0] += 1
+        loss = lm_loss(logits, y)
+        return loss * float("nan") if calls[0] > 6 else loss
+
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 7.*step 4"):
+        fit(new_model(), Counting(8), cfg(), tmp_path, loss_fn=exploding, progress=False)
+    state = ckpt.load_train_state(tmp_path)
+    assert state["meta"]["step"] == 4
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_bf16_autocast_and_batch_divisibility(tmp_path):
+    s = fit(new_model(), Counting(8), cfg(max_steps=4, dtype="bfloat16"), tmp_path / "bf16", progress=False)
+    assert math.isfinite(s["train_loss"])
+    from lmforge.errors import UserError
+
+    with pytest.raises(UserError, match="divisible"):
+        fit(new_model(), Counting(8), cfg(batch_size=6, grad_accum=4), tmp_path / "x", progress=False)
+
+
+@pytest.mark.slow
+def test_compile_option_trains_like_eager(tmp_path):
+    """train.compile=true goes through torch.compile (~40 s cold) and follows the eager loss curve."""
+    from lmforge.config import ModelConfig
+    from lmforge.models import build
+
+    def gpt():
+        torch.manual_seed(0)
+        return build(ModelConfig(vocab_size=V, n_layer=1, n_head=2, n_embd=16, block_size=T))
+
+    c = dict(max_steps=3, eval_interval=0, save_interval=3, log_interval=1)
+    eager = fit(gpt(), Counting(8), cfg(**c), tmp_path / "eager", progress=False)
+    compiled = fit(gpt(), Counting(8), cfg(compile=True, **c), tmp_path / "compiled", progress=False)
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-4)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-4)
