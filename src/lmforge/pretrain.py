@@ -40,7 +40,9 @@ class LMBatches:
         return make_batch(self.data.train, starts[index * size : (index + 1) * size], self.block_size)
 
     def eval_batches(self):
-        return iter_eval_batches(self.data.val, self.block_size, self.global_batch, self.n_eval)
+        # a small text's validation split may be shorter than one block: score shorter windows then
+        block = min(self.block_size, len(self.data.val) - 1)
+        return iter_eval_batches(self.data.val, block, self.global_batch, self.n_eval)
 
 
 def _main_first(info: distributed.DistInfo, fn: Callable[[], Any]) -> None:
@@ -83,21 +85,35 @@ def _discard_new_run(run_dir: Path, existed: set[str] | None) -> None:
 
 
 def _prepare(cfg: RunConfig, run_dir: Path) -> None:
-    """Tokenizer and token shards into the run dir, each skipped if already there."""
+    """Tokenizer and token shards into the run dir, each skipped if already there; then check them."""
     from lmforge.datasets import load_text
 
     tok_path, data_dir = run_dir / ckpt.TOKENIZER, run_dir / "data"
-    if tok_path.exists() and (data_dir / "meta.json").exists():
-        return
-    train_text, val_text = load_text(cfg.data.path, cfg.data.val_fraction)
-    if not tok_path.exists():
-        if cfg.data.tokenizer:
-            tok = Tokenizer.load(cfg.data.tokenizer)
-        else:
-            print(f"training a {cfg.data.vocab_size}-token BPE tokenizer on {cfg.data.path} ...", flush=True)
-            tok = train_tokenizer(train_text.splitlines(keepends=True), cfg.data.vocab_size)
-        tok.save(tok_path)
-    prepare_tokens(Tokenizer.load(tok_path), train_text, val_text, data_dir)
+    if not (tok_path.exists() and (data_dir / "meta.json").exists()):
+        train_text, val_text = load_text(cfg.data.path, cfg.data.val_fraction)
+        if not tok_path.exists():
+            if cfg.data.tokenizer:
+                tok = Tokenizer.load(cfg.data.tokenizer)
+            else:
+                print(f"training a {cfg.data.vocab_size}-token BPE tokenizer on {cfg.data.path} ...", flush=True)
+                tok = train_tokenizer(train_text.splitlines(keepends=True), cfg.data.vocab_size)
+            tok.save(tok_path)
+        prepare_tokens(Tokenizer.load(tok_path), train_text, val_text, data_dir)
+    _check_prepared(cfg, run_dir)
+
+
+def _check_prepared(cfg: RunConfig, run_dir: Path) -> None:
+    """What the prepared tokenizer and shards must satisfy for this config (each a UserError)."""
+    tok, data = Tokenizer.load(run_dir / ckpt.TOKENIZER), TokenData.load(run_dir / "data")
+    if 0 < cfg.model.vocab_size < tok.vocab_size:
+        raise UserError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's ({tok.vocab_size}); use 0 to take the tokenizer's")
+    if len(data.train) < cfg.model.block_size + 1:
+        raise UserError(
+            f"{cfg.data.path}: the train split has {len(data.train)} tokens, fewer than model.block_size + 1 "
+            f"({cfg.model.block_size + 1}); use a smaller --model.block_size or more text"
+        )
+    if len(data.val) < 2:
+        raise UserError(f"{cfg.data.path}: the validation split has {len(data.val)} tokens; give more text or a larger --data.val_fraction")
 
 
 def pretrain(
@@ -136,19 +152,11 @@ def pretrain(
 
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = tok.vocab_size
-        elif cfg.model.vocab_size < tok.vocab_size:
-            raise UserError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's ({tok.vocab_size}); use 0 to take the tokenizer's")
         _main_first(info, lambda: ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg)))
 
         torch.manual_seed(cfg.train.seed)
         model = build(cfg.model)
         batches = LMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches)
-        for split, tokens in (("train", data.train), ("val", data.val)):
-            if len(tokens) < cfg.model.block_size + 1:
-                raise UserError(
-                    f"{run_dir / 'data'}: the {split} split has {len(tokens)} tokens, fewer than model.block_size + 1 "
-                    f"({cfg.model.block_size + 1}); use a smaller --model.block_size or more data"
-                )
         summary = fit(model, batches, cfg.train, run_dir, info=info, progress=progress)
         summary["run_dir"] = str(run_dir)
         summary["params"] = sum(p.numel() for p in model.parameters())
