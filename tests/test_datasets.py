@@ -252,3 +252,10 @@ def test_real_shakespeare():
     assert 4_800_000 < chars < 5_200_000
     train, val = ds.load_text("shakespeare")
     assert "To be, or not to be" in train + val and "Gutenberg" not in train
+
+
+def test_val_fraction_sets_the_share_of_local_lines():
+    text = "".join(f"line {i}\n" for i in range(4000))
+    for frac in (0.05, 0.2):
+        _, val = ds.split_text(text, frac)
+        assert abs(val.count("\n") / 4000 - frac) < 0.02

@@ -50,12 +50,12 @@ class TokenData:
         out_dir = Path(out_dir)
         try:
             meta = json.loads((out_dir / "meta.json").read_text())
-        except (OSError, ValueError):
-            raise UserError(f"{out_dir}: not a prepared token folder (no readable meta.json)") from None
-        dtype = np.dtype(meta["dtype"])
+            dtype, counts = np.dtype(meta["dtype"]), {s: int(meta[f"{s}_tokens"]) for s in ("train", "val")}
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{out_dir}: not a prepared token folder (no readable meta.json with dtype and token counts)") from None
         splits = {}
         for split in ("train", "val"):
-            path, n = out_dir / f"{split}.bin", meta[f"{split}_tokens"]
+            path, n = out_dir / f"{split}.bin", counts[split]
             if not path.is_file() or path.stat().st_size != n * dtype.itemsize:
                 raise UserError(f"{path}: missing or not {n} {dtype} tokens as meta.json says (prepare again)")
             splits[split] = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)

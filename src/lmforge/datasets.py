@@ -45,7 +45,7 @@ from typing import Callable
 from lmforge.errors import UserError
 from lmforge.fileio import atomic_write_text as _write
 
-VAL_PER_MILLE = 50  # units whose sha1 % 1000 < 50 go to validation (5%)
+VAL_FRACTION = 0.05  # registered sets: units whose sha1 % 1000 < 50 go to validation
 
 
 # ----------------------------------------------------------------------------------- registry
@@ -165,8 +165,8 @@ def _log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- split
-def _is_val(unit: str) -> bool:
-    return int(hashlib.sha1(unit.encode("utf-8")).hexdigest(), 16) % 1000 < VAL_PER_MILLE
+def _is_val(unit: str, fraction: float = VAL_FRACTION) -> bool:
+    return int(hashlib.sha1(unit.encode("utf-8")).hexdigest(), 16) % 1000 < round(fraction * 1000)
 
 
 def split_units(units: list[str]) -> tuple[list[str], list[str]]:
@@ -313,7 +313,8 @@ def _read_local(path: Path) -> str:
 
 
 def split_text(text: str, val_fraction: float = 0.05) -> tuple[str, str]:
-    """(train, val) of a local text by the line-hash rule; small texts fall back to the tail.
+    """(train, val) of a local text by the line-hash rule (``val_fraction`` of the lines, by hash);
+    small texts fall back to the tail.
 
     A blank line follows the split of the line before it, so paragraphs stay separated in both
     splits. If the hash rule leaves either side empty (a tiny file), the last ``val_fraction`` of
@@ -332,7 +333,7 @@ def split_text(text: str, val_fraction: float = 0.05) -> tuple[str, str]:
     to_val = False
     for line in lines:
         if line.strip():
-            to_val = _is_val(line.rstrip("\n"))
+            to_val = _is_val(line.rstrip("\n"), val_fraction)
         parts[to_val].append(line)
     if parts[False] and parts[True]:
         return "".join(parts[False]), "".join(parts[True])
@@ -349,7 +350,7 @@ def load_text(spec: str, val_fraction: float = 0.05) -> tuple[str, str]:
     """(train_text, val_text) of a registered set name, a ``.txt`` file, or a folder of them.
 
     A folder is read recursively, files in sorted path order. Registered sets keep their fixed
-    5% split (``val_fraction`` only applies to the fallback of :func:`split_text`).
+    5% split; ``val_fraction`` applies to local text.
     """
     if spec in REGISTRY:
         d = get(spec)

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from lmforge import checkpoint as ckpt
-from lmforge.train import lm_loss
+from lmforge.data import iter_eval_batches
+from lmforge.distributed import DistInfo
+from lmforge.train import evaluate_loss, lm_loss
 
 
 def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
@@ -26,25 +28,6 @@ def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
     counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
-
-
-@torch.no_grad()
-def lm_loss_over(model: torch.nn.Module, tokens: np.ndarray, block_size: int, batch_size: int = 8,
-                 max_batches: int | None = None, device: str | torch.device = "cpu") -> tuple[float, int]:
-    """Mean next-token loss over non-overlapping windows covering the whole split -> (loss, tokens scored)."""
-    n_windows = (len(tokens) - 1) // block_size
-    starts = np.arange(n_windows) * block_size
-    if max_batches is not None:
-        starts = starts[: max_batches * batch_size]
-    total, count = 0.0, 0
-    offsets = np.arange(block_size + 1)
-    for i in range(0, len(starts), batch_size):
-        chunk = torch.from_numpy(np.asarray(tokens[starts[i : i + batch_size, None] + offsets], dtype=np.int64)).to(device)
-        logits = model(chunk[:, :-1])
-        n = chunk[:, 1:].numel()
-        total += lm_loss(logits, chunk[:, 1:]).item() * n
-        count += n
-    return (total / count if count else float("nan")), count
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val",
@@ -70,7 +53,15 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
 
         raise UserError(f"{source}: has {len(tokens)} tokens; at least 2 are needed to evaluate")
     block = min(cfg.model.block_size, len(tokens) - 1)
-    loss, scored = lm_loss_over(model, tokens, block, max_batches=max_batches, device=device)
+    scored = 0
+
+    def counted():
+        nonlocal scored
+        for x, y in iter_eval_batches(tokens, block, batch_size=8, max_batches=max_batches):
+            scored += y.numel()
+            yield x, y
+
+    loss = evaluate_loss(model, counted(), lm_loss, torch.device(device), "float32", DistInfo())
     h1 = unigram_entropy(tokens, cfg.model.vocab_size)
     result = {
         "run_dir": str(run_dir),

@@ -98,7 +98,12 @@ def generate(
     The model needs ``cfg.block_size`` and, for caching, ``new_cache(batch_size, max_len)``
     (:class:`lmforge.models.gpt.GPT` has both). Arguments are checked at call time.
 
-    >>> text = tok.decode(list(generate(model, tok.encode("Once"), 20, temperature=0)))  # doctest: +SKIP
+    >>> from lmforge.config import ModelConfig
+    >>> from lmforge.models import build
+    >>> model = build(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=32))
+    >>> new = list(generate(model, [1, 2, 3], max_new_tokens=5, temperature=0))  # greedy
+    >>> len(new), new == list(generate(model, [1, 2, 3], 5, temperature=0, use_cache=False))
+    (5, True)
     """
     ids = prompt_ids.flatten().tolist() if isinstance(prompt_ids, Tensor) else [int(t) for t in prompt_ids]
     if not ids:

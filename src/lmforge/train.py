@@ -169,7 +169,10 @@ def fit(
     if cfg.compile:
         net = torch.compile(net)
 
+    last_saved = start
+
     def save(step: int, elapsed: float) -> None:
+        nonlocal last_saved
         rngs = distributed.gather_objects(torch.get_rng_state(), info)
         if info.is_main:
             meta = {"step": step, "tokens": tokens_seen, "elapsed": elapsed, "world_size": info.world_size,
@@ -177,6 +180,7 @@ def fit(
             ckpt.save_train_state(run_dir, model, optimizer, meta, rngs)
             ckpt.save_weights(run_dir / ckpt.WEIGHTS, model, {"step": str(step)})
         distributed.barrier(info)
+        last_saved = step
 
     tokens_per_step = cfg.batch_size * batches.tokens_per_sample
     summary = {"steps": start, "tokens": tokens_seen, "train_loss": None, "val_loss": None, "val_ppl": None}
@@ -201,8 +205,7 @@ def fit(
                 loss_sum += loss.detach()
             loss_val = distributed.all_reduce_sum(loss_sum.float().cpu(), info).item() / info.world_size
             if not math.isfinite(loss_val):
-                last = ckpt.load_train_state(run_dir)
-                where = f"the last good checkpoint (step {last['meta']['step']}) is kept in {run_dir}" if last else "no checkpoint was written yet"
+                where = f"the last good checkpoint (step {last_saved}) is kept in {run_dir}" if last_saved else "no checkpoint was written yet"
                 raise TrainingDiverged(
                     f"loss is {loss_val} at step {step + 1}: training stopped; {where}. "
                     "Try a lower --train.lr, --train.grad_clip=1.0, or check the data"
