@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 def args(corpus, out):
-    return ["pretrain", "--config", TINY, "--data.path", str(corpus), "--train.max_steps=120", "--train.seed=7",
-            "--train.save_interval=10", "--train.num_threads=1", "--model.dropout=0.1", "--out", str(out)]
+    return ["pretrain", "--config", TINY, "--data.path", str(corpus), "--train.max_steps=200", "--train.seed=7",
+            "--train.save_interval=25", "--train.num_threads=1", "--model.dropout=0.1", "--out", str(out)]
 
 
 def kill_when(out, predicate, timeout=120.0):
@@ -61,7 +61,7 @@ def test_sigkill_then_resume_is_bit_exact(reference, where):
     if where == "mid-training":
         kill_when(out, lambda d: step_of(d) >= 45)
     elif where == "between-checkpoints":
-        kill_when(out, lambda d: step_of(d) >= 91)
+        kill_when(out, lambda d: step_of(d) >= 161)  # last checkpoint: step 150
     else:  # killed while the tokenizer / token shards are being made, or just after
         kill_when(out, lambda d: (d / "config.yaml").exists())
     lmforge("pretrain", "--resume", str(out))

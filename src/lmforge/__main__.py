@@ -32,7 +32,10 @@ def cmd_data_list(args) -> None:
 def cmd_data_get(args) -> None:
     from lmforge.datasets import get
 
-    print(get(args.name))
+    path = get(args.name)
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    splits = [f"{meta[s]['lines']:,} {s} lines ({meta[s]['chars']:,} chars)" for s in ("train", "val") if s in meta]
+    print(f"{args.name}: {', '.join(splits)} in {path}" if splits else str(path))
 
 
 def cmd_tokenizer_train(args) -> None:
