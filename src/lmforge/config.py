@@ -39,7 +39,7 @@ def _check_positive(section: str, name: str, value: float, allow_zero: bool = Fa
 
 @dataclass
 class ModelConfig:
-    name: str = F("gpt", "model family: gpt")
+    name: str = F("gpt", "model family: gpt (causal decoder) | bert (bidirectional encoder)")
     vocab_size: int = F(0, "vocabulary size; 0 = take it from the tokenizer")
     block_size: int = F(128, "context length in tokens")
     n_layer: int = F(2, "number of Transformer blocks")
@@ -50,9 +50,10 @@ class ModelConfig:
     pos_emb: str = F("learned", "position embeddings: learned | sinusoidal")
     tie_weights: bool = F(True, "share the token embedding with the output head")
     norm_eps: float = F(1e-5, "LayerNorm epsilon")
+    type_vocab_size: int = F(2, "bert: number of token types (segment A / B)")
 
     def __post_init__(self) -> None:
-        _check_choice("model", "name", self.name, ("gpt",))
+        _check_choice("model", "name", self.name, ("gpt", "bert"))
         _check_choice("model", "pos_emb", self.pos_emb, ("learned", "sinusoidal"))
         for k in ("block_size", "n_layer", "n_head", "n_embd"):
             _check_positive("model", k, getattr(self, k))

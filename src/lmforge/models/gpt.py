@@ -85,6 +85,10 @@ class GPT(nn.Module):
         With a ``cache`` the tokens sit at positions ``[cache.pos, cache.pos + T)``; their keys and
         values are appended to the cache and ``cache.pos`` advances by T.
         """
+        return self.lm_head(self.features(idx, cache))  # (B, T, V)
+
+    def features(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Final hidden states (B, T, C) after ``ln_f``: what the LM head (or a task head) reads."""
         T = idx.shape[1]  # idx: (B, T)
         start = 0 if cache is None else cache.pos
         if start + T > self.cfg.block_size:
@@ -98,10 +102,9 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i)  # (B, T, C)
         x = self.transformer.ln_f(x)  # (B, T, C)
-        logits = self.lm_head(x)  # (B, T, V)
         if cache is not None:
             cache.advance(T)
-        return logits
+        return x
 
     def new_cache(
         self,
