@@ -129,3 +129,23 @@ def test_compile_option_trains_like_eager(tmp_path):
     compiled = fit(gpt(), Counting(8), cfg(compile=True, **c), tmp_path / "compiled", progress=False)
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-4)
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-4)
+
+
+def test_tuple_inputs_reach_the_model(tmp_path):
+    """x may be a tuple (ids, mask): fit() passes it as positional arguments."""
+
+    class Masked(Toy):
+        def forward(self, x, mask):
+            return super().forward(x) * mask.unsqueeze(-1)
+
+    class WithMask(Counting):
+        def train_batch(self, step, index, size):
+            x, y = super().train_batch(step, index, size)
+            return (x, torch.ones_like(x)), y
+
+        def eval_batches(self):
+            return [((x, torch.ones_like(x)), y) for x, y in super().eval_batches()]
+
+    torch.manual_seed(0)
+    s = fit(Masked(), WithMask(8), cfg(max_steps=20), tmp_path, progress=False)
+    assert s["val_loss"] < math.log(V)

@@ -3,7 +3,8 @@
 It trains any ``nn.Module`` that maps a batch ``x`` to logits, with the loss function handed to it,
 on batches from a *batch source*: an object with
 
-- ``train_batch(step, index, size) -> (x, y)``: slice ``index`` (of ``size`` samples) of the global
+- ``train_batch(step, index, size) -> (x, y)``: ``x`` is the model's input (a tensor, or a tuple /
+  dict of tensors such as ids and a padding mask); slice ``index`` (of ``size`` samples) of the global
   batch of optimizer step ``step``. The global batch is a pure function of (seed, step), so any
   process can draw its share without coordination and a resumed run sees exactly the same data;
 - ``eval_batches() -> Iterable[(x, y)]``: the fixed validation batches;
@@ -54,6 +55,24 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
 
+def to_device(x, device: torch.device):
+    """A batch's inputs on ``device``: a tensor, or a tuple / dict of tensors (e.g. ids + padding mask)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    return type(x)(to_device(v, device) for v in x)
+
+
+def call(model: torch.nn.Module, x):
+    """``model(x)``, ``model(*x)`` for a tuple or ``model(**x)`` for a dict of inputs."""
+    if isinstance(x, dict):
+        return model(**x)
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    return model(x)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -101,7 +120,7 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable, loss_fn: LossFn, de
         if i % info.world_size != info.rank:
             continue
         with autocast_context(device, dtype):
-            logits = model(x.to(device))
+            logits = call(model, to_device(x, device))
         n = y.numel()
         total += torch.tensor([loss_fn(logits, y.to(device)).double().item() * n, n], dtype=torch.float64)
     distributed.all_reduce_sum(total, info)
@@ -194,13 +213,13 @@ def fit(
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
                 x, y = batches.train_batch(step, micro * info.world_size + info.rank, per_step)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x, y = to_device(x, device), y.to(device, non_blocking=True)
                 sync = contextlib.nullcontext()
                 if info.enabled and micro < cfg.grad_accum - 1:
                     sync = net.no_sync() if hasattr(net, "no_sync") else sync
                 with sync:
                     with autocast_context(device, cfg.dtype):
-                        loss = loss_fn(net(x), y) / cfg.grad_accum
+                        loss = loss_fn(call(net, x), y) / cfg.grad_accum
                     scaler.scale(loss).backward()
                 loss_sum += loss.detach()
             loss_val = distributed.all_reduce_sum(loss_sum.float().cpu(), info).item() / info.world_size
