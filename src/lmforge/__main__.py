@@ -34,7 +34,8 @@ def cmd_data_get(args) -> None:
 
     path = get(args.name)
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    splits = [f"{meta[s]['lines']:,} {s} lines ({meta[s]['chars']:,} chars)" for s in ("train", "val") if s in meta]
+    unit = "examples" if meta.get("content") == "labelled" else "lines"
+    splits = [f"{meta[s]['lines']:,} {s} {unit} ({meta[s]['chars']:,} chars)" for s in ("train", "val", "test") if s in meta]
     print(f"{args.name}: {', '.join(splits)} in {path}" if splits else str(path))
 
 
