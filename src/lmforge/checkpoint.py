@@ -58,7 +58,7 @@ def load_tensors(path: str | Path, what: str = "weights") -> tuple[dict[str, tor
         meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
     except Exception as e:  # safetensors raises several types on a torn / foreign file
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: not a valid safetensors file ({reason}); expected {what} written by lmforge") from None
+        raise UserError(f"{path}: not a valid safetensors file ({reason}); expected {what} in safetensors format") from None
     return tensors, meta
 
 

@@ -12,6 +12,12 @@ but a special token's *string* in the text is matched as that token, so it still
 >>> tok.eos_id in ids, tok.decode(ids), tok.decode(ids, skip_special_tokens=True)
 (True, 'a<|endoftext|>b', 'ab')
 
+Tokenizers made elsewhere keep their own special tokens: each role (bos, eos, pad, unk, mask) is
+looked up by the candidate strings in :data:`ROLE_TOKENS`, so a BERT WordPiece vocabulary (see
+:meth:`Tokenizer.from_wordpiece_vocab`) answers with [CLS], [SEP], [PAD], [UNK], [MASK]. With
+``encode(text, add_special_tokens=True)`` a sequence gets the tokenizer's own template (BERT:
+``[CLS] ... [SEP]``), or ``bos ... eos`` when the tokenizer has none (lmforge's byte-level BPE).
+
 Training is deterministic: the same texts give a byte-identical ``tokenizer.json`` (and so the
 same :attr:`Tokenizer.sha256`), with or without ``TOKENIZERS_PARALLELISM``; the BPE trainer
 breaks ties between equally frequent pairs by the pair itself, not by hash-map order.
@@ -26,13 +32,21 @@ from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer as _HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from lmforge.errors import UserError
 from lmforge.fileio import atomic_write_text
 
 SPECIAL_TOKENS = {"bos": "<|bos|>", "eos": "<|endoftext|>", "pad": "<|pad|>", "unk": "<|unk|>", "mask": "<|mask|>"}
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte plus the special tokens
+# role -> the strings that may play it, first match wins: lmforge's own (SPECIAL_TOKENS), then BERT's.
+ROLE_TOKENS = {
+    "bos": ("<|bos|>", "[CLS]"),
+    "eos": ("<|endoftext|>", "[SEP]"),
+    "pad": ("<|pad|>", "[PAD]"),
+    "unk": ("<|unk|>", "[UNK]"),
+    "mask": ("<|mask|>", "[MASK]"),
+}
 
 
 class Tokenizer:
@@ -42,11 +56,19 @@ class Tokenizer:
         self.hf = hf
 
     # -- encode / decode
-    def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens`` frames them (BERT: ``[CLS] ... [SEP]``, else bos ... eos)."""
+        if not add_special_tokens:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        return self.encode_batch([text], add_special_tokens=True)[0]
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
+        own_template = add_special_tokens and self.hf.post_processor is not None
+        ids = [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=own_template)]
+        if add_special_tokens and not own_template:
+            bos, eos = [i for i in (self.bos_id,) if i is not None], [i for i in (self.eos_id,) if i is not None]
+            ids = [bos + x + eos for x in ids]
+        return ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -57,15 +79,30 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     def _special_id(self, role: str) -> int | None:
-        """Id of a role's token; GPT-2 files have only ``<|endoftext|>``, which then serves as all."""
-        i = self.hf.token_to_id(SPECIAL_TOKENS[role])
-        return i if i is not None or role == "mask" else self.hf.token_to_id(SPECIAL_TOKENS["eos"])
+        """Id of a role's token, the first of :data:`ROLE_TOKENS` found; GPT-2 files have only
+        ``<|endoftext|>``, which then serves as all roles but mask. lmforge's own strings count
+        anywhere in the vocabulary (as always); the others only as added *special* tokens, so an
+        ordinary piece spelled ``[CLS]`` in some BPE vocabulary never takes a role.
+        """
+        i = self.hf.token_to_id(ROLE_TOKENS[role][0])
+        if i is not None:
+            return i
+        specials = {t.content: i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
+        for candidate in ROLE_TOKENS[role][1:]:
+            if candidate in specials:
+                return specials[candidate]
+        return None if role in ("eos", "mask") else self._special_id("eos")
 
     bos_id = property(lambda self: self._special_id("bos"))
     eos_id = property(lambda self: self._special_id("eos"))
     pad_id = property(lambda self: self._special_id("pad"))
     unk_id = property(lambda self: self._special_id("unk"))
     mask_id = property(lambda self: self._special_id("mask"))
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Sorted ids of every role's token that exists (e.g. what MLM masking must never pick)."""
+        return sorted({i for i in map(self._special_id, ROLE_TOKENS) if i is not None})
 
     # -- files
     def to_json(self) -> str:
@@ -108,6 +145,38 @@ class Tokenizer:
             raise UserError(f"{vocab_json}, {merges_txt}: not GPT-2 BPE files ({str(e).splitlines()[0]})") from None
         _byte_level(hf)
         hf.add_special_tokens([t for t in SPECIAL_TOKENS.values() if hf.token_to_id(t) is not None])
+        return cls(hf)
+
+    @classmethod
+    def from_wordpiece_vocab(
+        cls,
+        vocab_txt: str | os.PathLike,
+        lowercase: bool = True,
+        strip_accents: bool | None = None,
+        handle_chinese_chars: bool = True,
+    ) -> "Tokenizer":
+        """From a BERT ``vocab.txt`` (one token a line, id = line number), set up as
+        ``tokenizers.BertWordPieceTokenizer`` does: BERT normalizer and pre-tokenizer, ``##``
+        continuation pieces, [CLS] / [SEP] template, the five special tokens added when present.
+        """
+        path = Path(vocab_txt)
+        if not path.is_file():
+            raise UserError(f"{path}: no such file (expected a BERT vocab.txt)")
+        try:
+            vocab = models.WordPiece.read_file(str(path))
+        except Exception as e:
+            raise UserError(f"{path}: not a WordPiece vocab.txt ({str(e).splitlines()[0]})") from None
+        missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in vocab]
+        if missing:
+            raise UserError(f"{path}: BERT vocab.txt lacks {', '.join(missing)}")
+        hf = _HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
+        hf.add_special_tokens([t for *_, t in ROLE_TOKENS.values() if t in vocab])
+        hf.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=handle_chinese_chars, strip_accents=strip_accents, lowercase=lowercase
+        )
+        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        hf.post_processor = processors.BertProcessing(("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
+        hf.decoder = decoders.WordPiece(prefix="##")
         return cls(hf)
 
 

@@ -6,12 +6,13 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import UserError
+from lmforge.models.bert import BERT, BertForMaskedLM
 from lmforge.models.gpt import GPT
 from lmforge.models.layers import KVCache
 
-MODELS: dict[str, type[nn.Module]] = {"gpt": GPT}
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": BertForMaskedLM}
 
-__all__ = ["GPT", "MODELS", "KVCache", "build"]
+__all__ = ["BERT", "GPT", "MODELS", "BertForMaskedLM", "KVCache", "build"]
 
 
 def build(cfg: ModelConfig) -> nn.Module:

@@ -1,0 +1,222 @@
+"""BERT: a post-LayerNorm bidirectional encoder (Devlin et al., 2019), plus its masked-LM head.
+
+``BERT`` maps token ids (and an optional padding mask / token types) to hidden states (B, T, C);
+``BertForMaskedLM`` adds BERT's ``cls.predictions`` head and returns logits (B, T, V), like every
+model that :func:`lmforge.models.build` returns. :func:`mask_tokens` makes MLM inputs / labels.
+
+Parameter names reuse GPT-2's vocabulary (``wte``, ``wpe``, ``h.N.attn.c_attn``, ``ln_1``,
+``mlp.c_fc``, ``mlp.c_proj``, ...) rather than Hugging Face's BERT names: one name per role across
+lmforge's families (LoRA / quantization target ``c_attn`` / ``c_proj`` / ``c_fc`` in both), and the
+query / key / value projections are fused into one ``c_attn`` (one matmul), which a key-for-key
+mirror of HF's ``attention.self.query`` could not be anyway. :mod:`lmforge.hf` maps explicitly::
+
+    ours                       Hugging Face (BertForMaskedLM)
+    bert.wte / wpe / wtt       bert.embeddings.word_ / position_ / token_type_embeddings
+    bert.ln_e                  bert.embeddings.LayerNorm
+    bert.h.N.attn.c_attn       bert.encoder.layer.N.attention.self.{query,key,value} (concatenated)
+    bert.h.N.attn.c_proj       bert.encoder.layer.N.attention.output.dense
+    bert.h.N.ln_1              bert.encoder.layer.N.attention.output.LayerNorm
+    bert.h.N.mlp.c_fc          bert.encoder.layer.N.intermediate.dense
+    bert.h.N.mlp.c_proj        bert.encoder.layer.N.output.dense
+    bert.h.N.ln_2              bert.encoder.layer.N.output.LayerNorm
+    mlm_head.dense / ln        cls.predictions.transform.dense / LayerNorm
+    mlm_head.decoder           cls.predictions.decoder (weight tied to bert.wte), bias cls.predictions.bias
+
+The padding mask is ``attention_mask`` (B, T) with 1 for a token and 0 for padding (HF's
+convention); padded keys get an additive ``finfo.min`` bias, so no real token attends to them
+(and an all-padding row stays finite).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.config import ModelConfig
+from lmforge.models.layers import sinusoidal_positions
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head self-attention, fused QKV (``c_attn``: C -> 3C, q | k | v), SDPA."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        assert n_embd % n_head == 0, "n_embd must be divisible by n_head"
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.n_head, self.dropout = n_head, dropout
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``keep``: bool (B, 1, 1, T), True for keys that may be attended to (None = all)."""
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
+        bias = None
+        if keep is not None:  # additive, in q's dtype (autocast): 0 to keep, the dtype's min to drop
+            bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, H, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """c_fc (C -> 4C), exact erf GELU (BERT's "gelu"; GPT-2's MLP uses the tanh form), c_proj."""
+
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+
+class Layer(nn.Module):
+    """Post-LN encoder layer: x = ln_1(x + attn(x)), then x = ln_2(x + mlp(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn = SelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias)
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        x = self.ln_1(x + self.attn(x, keep))  # (B, T, C)
+        x = self.ln_2(x + self.mlp(x))  # (B, T, C)
+        return x
+
+
+class BERT(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout, then ``n_layer`` post-LN layers.
+
+    Positions are learned (``wpe``, ``block_size`` = BERT's max_position_embeddings) or the fixed
+    sinusoidal table (non-persistent buffer ``pos_table``). Returns hidden states, not logits.
+
+    >>> m = BERT(ModelConfig(name="bert", vocab_size=100, n_layer=1, n_embd=32, n_head=2, block_size=16))
+    >>> m(torch.zeros(3, 5, dtype=torch.long), attention_mask=torch.ones(3, 5)).shape
+    torch.Size([3, 5, 32])
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError(f"BERT needs a positive vocab_size, got {cfg.vocab_size} (set it from the tokenizer)")
+        self.cfg = cfg
+        C = cfg.n_embd
+        self.wte = nn.Embedding(cfg.vocab_size, C)
+        if cfg.pos_emb == "learned":
+            self.wpe = nn.Embedding(cfg.block_size, C)
+        else:
+            self.register_buffer("pos_table", sinusoidal_positions(cfg.block_size, C), persistent=False)
+        self.wtt = nn.Embedding(cfg.type_vocab_size, C)
+        self.ln_e = nn.LayerNorm(C, eps=cfg.norm_eps, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layer))
+
+    def forward(self, idx: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None) -> Tensor:
+        """Hidden states (B, T, C) for ids ``idx`` (B, T); ``attention_mask`` (B, T): 1 = token, 0 = pad."""
+        B, T = idx.shape
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.cfg.block_size}")
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is not None and tuple(t.shape) != (B, T):
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {(B, T)} like the token ids")
+        pos = self.wpe.weight[:T] if self.cfg.pos_emb == "learned" else self.pos_table[:T]  # (T, C)
+        types = self.wtt(token_type_ids) if token_type_ids is not None else self.wtt.weight[0]  # (B, T, C) | (C,)
+        x = self.drop(self.ln_e(self.wte(idx) + pos + types))  # (B, T, C)
+        keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        for layer in self.h:
+            x = layer(x, keep)  # (B, T, C)
+        return x
+
+
+class MLMHead(nn.Module):
+    """BERT's ``cls.predictions``: dense C -> C, GELU, LayerNorm, then decoder C -> V with a bias."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.gelu = nn.GELU()
+        self.ln = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.decoder = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=True)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.decoder(self.ln(self.gelu(self.dense(h))))  # (B, T, V)
+
+
+class BertForMaskedLM(nn.Module):
+    """The encoder ``bert`` plus ``mlm_head``; ``forward`` returns logits (B, T, vocab_size).
+
+    With ``tie_weights`` the decoder shares its weight with ``bert.wte`` (BERT does). A task head
+    (e.g. :class:`lmforge.models.classifier.SequenceClassifier`) takes ``model.bert`` as backbone.
+
+    >>> m = BertForMaskedLM(ModelConfig(name="bert", vocab_size=100, n_layer=1, n_embd=32, n_head=2, block_size=16))
+    >>> m(torch.zeros(2, 5, dtype=torch.long)).shape, m.mlm_head.decoder.weight is m.bert.wte.weight
+    (torch.Size([2, 5, 100]), True)
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.bert = BERT(cfg)
+        self.mlm_head = MLMHead(cfg)
+        if cfg.tie_weights:
+            self.mlm_head.decoder.weight = self.bert.wte.weight
+        self.apply(self._init_weights)  # BERT's init: N(0, 0.02), zero biases, LayerNorm (1, 0)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None) -> Tensor:
+        return self.mlm_head(self.bert(idx, attention_mask, token_type_ids))  # (B, T, V)
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        """Number of parameters (a tied decoder counts once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def mask_tokens(
+    ids: Tensor,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: list[int] | tuple[int, ...] | set[int],
+    generator: torch.Generator | None = None,
+    prob: float = 0.15,
+) -> tuple[Tensor, Tensor]:
+    """BERT's masking: pick each non-special token with probability ``prob``; of those picked,
+    80% become ``mask_id``, 10% a random token (uniform over the vocabulary, as BERT / HF do) and
+    10% stay. Returns ``(inputs, labels)``: labels hold the original id where picked, -100 elsewhere
+    (``cross_entropy``'s ignore_index). Special ids (pad / cls / sep ...) are never picked.
+
+    The same ``generator`` state gives the same result (draws happen on the generator's device).
+
+    >>> ids = torch.tensor([[101, 7, 8, 9, 102, 0]])
+    >>> inputs, labels = mask_tokens(ids, 103, 200, {0, 101, 102}, torch.Generator().manual_seed(0), prob=1.0)
+    >>> labels.tolist()  # every ordinary token picked, specials never
+    [[-100, 7, 8, 9, -100, -100]]
+    """
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"prob must be in [0, 1], got {prob}")
+    dev = generator.device if generator is not None else ids.device
+    u_pick = torch.rand(ids.shape, generator=generator, device=dev).to(ids.device)
+    u_how = torch.rand(ids.shape, generator=generator, device=dev).to(ids.device)
+    rand_ids = torch.randint(vocab_size, ids.shape, generator=generator, device=dev).to(ids.device, ids.dtype)
+    special = torch.isin(ids, torch.tensor(sorted(special_ids), dtype=ids.dtype, device=ids.device))
+    picked = (u_pick < prob) & ~special
+    labels = torch.where(picked, ids, torch.full_like(ids, -100))
+    inputs = torch.where(picked & (u_how < 0.8), torch.full_like(ids, mask_id), ids)
+    inputs = torch.where(picked & (u_how >= 0.8) & (u_how < 0.9), rand_ids, inputs)
+    return inputs, labels
