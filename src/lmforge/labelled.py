@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge import datasets
+from lmforge.corpora import LABELLED_SPLITS, split_by_hash
 from lmforge.errors import UserError
 
 FORMATS = (".csv", ".tsv", ".jsonl")
@@ -185,8 +186,8 @@ def load_labelled(spec: str, split: str = "train", text_column: str = "text", la
         if content != "labelled":
             raise UserError(f"data set {spec!r} is not a labelled set (it is a {content} set; "
                             f"labelled sets: {', '.join(datasets.dataset_names('labelled'))})")
-        if split not in datasets.LABELLED_SPLITS:
-            raise UserError(f"split {split!r} of {spec!r}: expected one of {', '.join(datasets.LABELLED_SPLITS)}")
+        if split not in LABELLED_SPLITS:
+            raise UserError(f"split {split!r} of {spec!r}: expected one of {', '.join(LABELLED_SPLITS)}")
         folder = datasets.get(spec)
         if label_names is None:
             label_names = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["labels"]
@@ -212,7 +213,7 @@ def stratified_split(data: LabelledData, fractions: tuple[float, ...] = (0.8, 0.
     """``len(fractions)`` parts of ``data`` (train, val, test ...) with each class split by ``fractions``.
 
     Deterministic: within each class the unique texts are ordered by ``sha1(salt + text)`` and cut
-    at the fractions (:func:`lmforge.datasets.split_by_hash`; the salt is ``""`` for seed 0, as for
+    at the fractions (:func:`lmforge.corpora.split_by_hash`; the salt is ``""`` for seed 0, as for
     the registered sets, else ``"<seed>:"``), so the parts do not depend on the order of the rows.
     Copies of a text go to one part together, even under two labels (the text goes where its first
     class sends it), so no text is in two parts. Each part keeps the input order and ``label_names``.
@@ -227,7 +228,7 @@ def stratified_split(data: LabelledData, fractions: tuple[float, ...] = (0.8, 0.
     part_of: dict[str, int] = {}
     for label in range(len(data.label_names)):
         texts = list(dict.fromkeys(t for t, l in zip(data.texts, data.labels) if l == label and t not in part_of))
-        for k, part in enumerate(datasets.split_by_hash(texts, tuple(fractions), salt)):
+        for k, part in enumerate(split_by_hash(texts, tuple(fractions), salt)):
             part_of.update((t, k) for t in part)
     parts = []
     for k in range(len(fractions)):
