@@ -149,3 +149,9 @@ def test_tuple_inputs_reach_the_model(tmp_path):
     torch.manual_seed(0)
     s = fit(Masked(), WithMask(8), cfg(max_steps=20), tmp_path, progress=False)
     assert s["val_loss"] < math.log(V)
+
+
+def test_interrupt_names_the_checkpoint_to_resume_from(tmp_path, capsys):
+    with pytest.raises(KeyboardInterrupt):
+        fit(new_model(), Counting(8, fail_at=6), cfg(), tmp_path, progress=False)
+    assert f"the last checkpoint (step 4) is in {tmp_path}: continue with --resume {tmp_path}" in capsys.readouterr().err

@@ -257,6 +257,12 @@ def fit(
                     bar.write(f"step {done}: train loss {loss_val:.4f}, val loss {val:.4f}, val ppl {summary['val_ppl']:.2f}", file=sys.stderr)
             if done % cfg.save_interval == 0 or done == cfg.max_steps:
                 save(done, elapsed_before + time.perf_counter() - t0)
+    except KeyboardInterrupt:
+        bar.close()
+        if info.is_main:
+            kept = f"the last checkpoint (step {last_saved}) is in {run_dir}" if last_saved else "no checkpoint was written yet"
+            print(f"lmforge: interrupted; {kept}: continue with --resume {run_dir}", file=sys.stderr)
+        raise
     finally:
         bar.close()
     summary["seconds"] = round(elapsed_before + time.perf_counter() - t0, 3)
