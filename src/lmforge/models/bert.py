@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
-from lmforge.models.layers import sinusoidal_positions
+from lmforge.models.layers import MLP, sinusoidal_positions
 
 
 class SelfAttention(nn.Module):
@@ -65,20 +65,6 @@ class SelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-class MLP(nn.Module):
-    """c_fc (C -> 4C), exact erf GELU (BERT's "gelu"; GPT-2's MLP uses the tanh form), c_proj."""
-
-    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True) -> None:
-        super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
-
-
 class Layer(nn.Module):
     """Post-LN encoder layer: x = ln_1(x + attn(x)), then x = ln_2(x + mlp(x))."""
 
@@ -86,7 +72,7 @@ class Layer(nn.Module):
         super().__init__()
         self.attn = SelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias)
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias)
+        self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias, approximate="none")  # BERT: exact erf GELU
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
 
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:

@@ -122,12 +122,15 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: c_fc (C -> 4C), GELU (tanh approximation = GPT-2's gelu_new), c_proj."""
+    """Position-wise feed-forward: c_fc (C -> 4C), GELU, c_proj.
 
-    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True) -> None:
+    ``approximate="tanh"`` is GPT-2's gelu_new; ``"none"`` the exact erf GELU of BERT.
+    """
+
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True, approximate: str = "tanh") -> None:
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = nn.GELU(approximate="tanh")
+        self.gelu = nn.GELU(approximate=approximate)
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
