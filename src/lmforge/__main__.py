@@ -61,6 +61,22 @@ def cmd_pretrain(args) -> None:
         )
 
 
+def cmd_finetune(args) -> None:
+    from lmforge.finetune import finetune
+
+    if args.resume and args.config:
+        raise UserError("--resume continues a run with its own config.yaml; drop --config")
+    overrides = dict(args.overrides)
+    if args.base:
+        overrides["finetune.base"] = args.base
+    if args.base_hf:
+        overrides["finetune.base_hf"] = args.base_hf
+    s = finetune(args.config, overrides, out=args.out, resume=args.resume)
+    if s.pop("is_main", True):
+        print(f"{s['run_dir']}: {s['steps']} steps, {s['seconds']:.1f} s; val loss {s['val_loss']:.4f}, "
+              f"val accuracy {s['val_accuracy']:.4f}")
+
+
 def cmd_generate(args) -> None:
     from lmforge.generate import complete
 
@@ -89,11 +105,13 @@ def cmd_evaluate(args) -> None:
 
 
 # ----------------------------------------------------------------------------- parser
-def _add_config_options(p: argparse.ArgumentParser) -> None:
+def _add_config_options(p: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
     from lmforge.config import option_specs
 
     g = p.add_argument_group("config overrides (any field of the recipe; --key value or --key=value)")
     for name, typ, default, help_ in option_specs():
+        if name.split(".")[0] not in sections:
+            continue
         g.add_argument(f"--{name}", dest=f"cfg:{name}", default=argparse.SUPPRESS, metavar=typ.__name__.upper(),
                        help=f"{help_} (default {default!r})")
 
@@ -122,8 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--config", help="YAML recipe, e.g. configs/gpt-tiny.yaml")
     pt.add_argument("--out", help="run directory to create")
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    _add_config_options(pt)
+    _add_config_options(pt, ("model", "data", "train"))
     pt.set_defaults(func=cmd_pretrain)
+
+    ft = verbs.add_parser("finetune", help="fine-tune a classifier (full, head-only or LoRA) from a run dir, a HF folder or scratch")
+    ft.add_argument("--config", help="YAML recipe, e.g. configs/sentiment-zh.yaml")
+    ft.add_argument("--out", help="run directory to create")
+    ft.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    ft.add_argument("--base", help="start from this lmforge run dir (same as --finetune.base)")
+    ft.add_argument("--base-hf", help="start from this Hugging Face folder or registered model, e.g. minilm-l6")
+    _add_config_options(ft, ("model", "data", "train", "finetune", "lora"))
+    ft.set_defaults(func=cmd_finetune)
 
     gen = verbs.add_parser("generate", help="sample a continuation of a prompt from a run dir, streamed to stdout")
     gen.add_argument("run_dir", help="run directory (config.yaml, model.safetensors, tokenizer.json)")

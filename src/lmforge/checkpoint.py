@@ -211,7 +211,11 @@ def require_run_dir(path: str | Path) -> Path:
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """-> (RunConfig, model in eval mode with the run's weights, Tokenizer). Errors name the file."""
+    """-> (RunConfig, model in eval mode with the run's weights, Tokenizer). Errors name the file.
+
+    A language-model run gives its LM; a fine-tuned run (``finetune.labels`` set) its classifier, with
+    a LoRA run's adapters put back onto its base model.
+    """
     from lmforge.config import from_dict, load_yaml
     from lmforge.models import build
     from lmforge.tokenizer import Tokenizer
@@ -223,7 +227,27 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
         cfg.model.vocab_size = tok.vocab_size
     if cfg.model.vocab_size < tok.vocab_size:
         raise UserError(f"{run_dir / CONFIG}: model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
-    tensors, _ = load_tensors(run_dir / WEIGHTS, "model weights")
-    model = build(cfg.model)
-    load_into(model, tensors, str(run_dir / WEIGHTS))
+    tensors, meta = load_tensors(run_dir / WEIGHTS, "model weights")
+    if not cfg.finetune.labels:
+        model = build(cfg.model)
+        load_into(model, tensors, str(run_dir / WEIGHTS))
+        return cfg, model.to(device).eval(), tok
+    from lmforge.finetune import build_classifier, load_base
+
+    ft = cfg.finetune
+    model = build_classifier(cfg.model, ft, len(ft.label_names), tok.pad_id if tok.pad_id is not None else 0)
+    if ft.mode == "lora":
+        from lmforge.lora import LoRAConfig, apply_lora, load_lora_state_dict
+
+        base = load_base(ft)
+        if base is None:
+            raise UserError(f"{run_dir / CONFIG}: a LoRA run needs finetune.base or finetune.base_hf to rebuild its base model")
+        model.backbone.load_state_dict(base[1])
+        apply_lora(model, LoRAConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora.targets))
+        if meta.get("lmforge") == "lora":  # adapters + head only (a finished run)
+            load_lora_state_dict(model, tensors, extra=("head.*",))
+        else:  # a checkpoint written mid-run holds the whole adapted model
+            load_into(model, tensors, str(run_dir / WEIGHTS))
+    else:
+        load_into(model, tensors, str(run_dir / WEIGHTS))
     return cfg, model.to(device).eval(), tok

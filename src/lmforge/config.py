@@ -39,7 +39,7 @@ def _check_positive(section: str, name: str, value: float, allow_zero: bool = Fa
 
 @dataclass
 class ModelConfig:
-    name: str = F("gpt", "model family: gpt (causal decoder) | bert (bidirectional encoder)")
+    name: str = F("gpt", "model family: gpt (causal decoder) | bert (bidirectional encoder) | lstm (baseline classifier)")
     vocab_size: int = F(0, "vocabulary size; 0 = take it from the tokenizer")
     block_size: int = F(128, "context length in tokens")
     n_layer: int = F(2, "number of Transformer blocks")
@@ -53,7 +53,7 @@ class ModelConfig:
     type_vocab_size: int = F(2, "bert: number of token types (segment A / B)")
 
     def __post_init__(self) -> None:
-        _check_choice("model", "name", self.name, ("gpt", "bert"))
+        _check_choice("model", "name", self.name, ("gpt", "bert", "lstm"))
         _check_choice("model", "pos_emb", self.pos_emb, ("learned", "sinusoidal"))
         for k in ("block_size", "n_layer", "n_head", "n_embd"):
             _check_positive("model", k, getattr(self, k))
@@ -124,12 +124,54 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    data: str = F("", "labelled data: a registered set (chn-reviews, movie-snippets) or a CSV / TSV / JSONL file")
+    text_column: str = F("text", "column (or JSON key) holding the text")
+    label_column: str = F("label", "column (or JSON key) holding the class label")
+    labels: str = F("", "class names, comma-separated; empty = the sorted labels of the training data")
+    base: str = F("", "an lmforge run dir whose weights start the backbone (--base)")
+    base_hf: str = F("", "a Hugging Face model folder or a registered model such as minilm-l6 (--base-hf)")
+    pooling: str = F("auto", "how a sequence becomes one vector: auto (cls for bert, last for gpt) | cls | mean | last")
+    max_length: int = F(128, "texts are truncated to this many tokens")
+    head_dropout: float = F(0.1, "dropout before the classification head")
+    mode: str = F("full", "what trains: full (everything) | head (the head only) | lora (adapters + head)")
+    freeze_layers: int = F(0, "full mode: freeze the embeddings and the lowest N blocks")
+    layer_lr_decay: float = F(1.0, "full mode: LR of block i is lr * decay ** (n_layer - i); embeddings get the lowest")
+
+    def __post_init__(self) -> None:
+        _check_choice("finetune", "pooling", self.pooling, ("auto", "cls", "mean", "last"))
+        _check_choice("finetune", "mode", self.mode, ("full", "head", "lora"))
+        _check_positive("finetune", "max_length", self.max_length)
+        _check_positive("finetune", "freeze_layers", self.freeze_layers, allow_zero=True)
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise UserError(f"finetune.layer_lr_decay: expected a factor in (0, 1], got {self.layer_lr_decay!r}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise UserError(f"finetune.head_dropout: expected a probability in [0, 1), got {self.head_dropout!r}")
+        if self.base and self.base_hf:
+            raise UserError("finetune.base and finetune.base_hf: give one starting point, not both")
+
+    @property
+    def label_names(self) -> list[str]:
+        return [x.strip() for x in self.labels.split(",") if x.strip()]
+
+
+@dataclass
+class LoRASection:
+    rank: int = F(8, "LoRA rank (finetune.mode=lora)")
+    alpha: float = F(16.0, "LoRA scaling numerator: the update is scaled by alpha / rank")
+    dropout: float = F(0.0, "dropout on the LoRA input")
+    targets: str = F("c_attn", "comma-separated module name patterns to adapt, e.g. c_attn,c_proj or mlp.*")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; saved as ``RUN_DIR/config.yaml``."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    lora: LoRASection = field(default_factory=LoRASection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -139,7 +181,8 @@ class RunConfig:
         return from_dict(d, source)
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
+                             "finetune": FinetuneConfig, "lora": LoRASection}
 
 
 def _field_types(section_cls: type) -> dict[str, type]:

@@ -7,25 +7,31 @@ any step can be recomputed after a resume, so there is no scheduler state to sav
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 from lmforge.config import TrainConfig
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (Linear / Embedding weights), not biases or norm gains (as nanoGPT / GPT-2)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+def param_groups(model: torch.nn.Module, weight_decay: float,
+                 lr_scale: Callable[[str], float] | None = None) -> list[dict]:
+    """Decay matrices (Linear / Embedding weights), not biases or norm gains (as nanoGPT / GPT-2).
+
+    ``lr_scale(name)`` gives a parameter a multiple of the scheduled LR (layer-wise LR decay); groups
+    carry it as ``"lr_scale"`` and :func:`set_lr` applies it.
+    """
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((p.dim() >= 2, lr_scale(name) if lr_scale else 1.0), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+            for (decay, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
+                    lr_scale: Callable[[str], float] | None = None) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, lr_scale)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
     if cfg.optimizer == "sgd":
@@ -66,4 +72,4 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

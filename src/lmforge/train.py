@@ -136,6 +136,7 @@ def fit(
     loss_fn: LossFn = lm_loss,
     info: distributed.DistInfo | None = None,
     progress: bool = True,
+    lr_scale: Callable[[str], float] | None = None,
 ) -> dict:
     """Train ``model`` in place; resume from ``run_dir`` if it holds a training state.
 
@@ -155,7 +156,7 @@ def fit(
         torch.set_num_threads(cfg.num_threads)
 
     model.to(device)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, lr_scale)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
 
     start, tokens_seen, elapsed_before = 0, 0, 0.0

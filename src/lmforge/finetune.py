@@ -1,0 +1,252 @@
+"""The fine-tuning recipe: a pretrained backbone (ours or Hugging Face's) + a classification head.
+
+Starting points (``finetune.base`` / ``finetune.base_hf``, or neither to train from scratch):
+
+- an lmforge run dir: its GPT (pooling ``last``) or BERT encoder (pooling ``cls``) and tokenizer;
+- a Hugging Face folder or a registered model (``minilm-l6``) through :func:`lmforge.hf.load_hf_folder`;
+- ``model.name: lstm``: the LSTM baseline, with a tokenizer trained on the training texts.
+
+Modes: ``full`` trains everything (optionally freezing the lowest blocks and decaying the LR
+layer by layer), ``head`` only the head, ``lora`` adapters + head; a LoRA run dir stores only the
+adapter and head weights and points at its base through config.yaml.
+
+Batches are a pure function of (seed, step) as ``fit()`` requires: step s takes positions
+[s*B, (s+1)*B) of an endless stream of per-epoch permutations, so resume is exact here too.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lmforge import checkpoint as ckpt
+from lmforge import distributed
+from lmforge.config import FinetuneConfig, ModelConfig, RunConfig, apply_overrides, load_config, save_config
+from lmforge.errors import UserError
+from lmforge.tokenizer import Tokenizer
+from lmforge.train import fit, resolve_device
+
+
+def cls_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets)
+
+
+# ----------------------------------------------------------------------------- model
+def build_classifier(model_cfg: ModelConfig, ft: FinetuneConfig, num_labels: int, pad_id: int) -> torch.nn.Module:
+    """A freshly initialised classifier for ``model_cfg`` (backbone weights are loaded separately)."""
+    from lmforge.models.bert import BERT
+    from lmforge.models.classifier import SequenceClassifier
+    from lmforge.models.gpt import GPT
+    from lmforge.models.lstm import LSTMClassifier
+
+    if model_cfg.name == "lstm":
+        return LSTMClassifier(model_cfg.vocab_size, model_cfg.n_embd, model_cfg.n_embd, model_cfg.n_layer, num_labels,
+                              model_cfg.dropout, pad_id=pad_id)
+    backbone = GPT(model_cfg) if model_cfg.name == "gpt" else BERT(model_cfg)
+    pooling = ft.pooling if ft.pooling != "auto" else ("last" if model_cfg.name == "gpt" else "cls")
+    return SequenceClassifier(backbone, model_cfg.n_embd, num_labels, pooling, ft.head_dropout)
+
+
+def load_base(ft: FinetuneConfig) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer] | None:
+    """(model config, backbone state dict, tokenizer) of the starting point, or None (from scratch)."""
+    if ft.base:
+        base = ckpt.require_run_dir(ft.base)
+        cfg_base, model, tok = ckpt.load_run(base)
+        sd = model.state_dict()
+        mcfg = cfg_base.model
+    elif ft.base_hf:
+        from lmforge.hf import load_hf_folder
+        from lmforge.models import build
+
+        folder = Path(ft.base_hf)
+        if not folder.exists():
+            from lmforge.datasets import REGISTRY, get
+
+            if ft.base_hf not in REGISTRY or REGISTRY[ft.base_hf].content != "model":
+                raise UserError(f"finetune.base_hf: {ft.base_hf!r} is neither a folder nor a registered model (e.g. minilm-l6)")
+            folder = get(ft.base_hf)
+        mcfg, sd, tok = load_hf_folder(folder)
+        model = build(mcfg)
+        model.load_state_dict(sd)
+        sd = model.state_dict()
+    else:
+        return None
+    if mcfg.name == "bert":  # the classifier holds the encoder only
+        sd = {k[len("bert."):]: v for k, v in sd.items() if k.startswith("bert.")}
+    return mcfg, sd, tok
+
+
+def _layer_scale(n_layer: int, decay: float):
+    """lr_scale(name): decay ** (n_layer - i) for block i, decay ** (n_layer + 1) for embeddings, 1 for the head."""
+    block = re.compile(r"(?:^|\.)h\.(\d+)\.")
+
+    def scale(name: str) -> float:
+        if not name.startswith("backbone."):
+            return 1.0
+        m = block.search(name)
+        return decay ** (n_layer - int(m.group(1))) if m else (decay ** (n_layer + 1) if "ln_f" not in name else 1.0)
+
+    return scale
+
+
+def _freeze(model: torch.nn.Module, ft: FinetuneConfig, lora_cfg) -> None:
+    if ft.mode == "head":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("head.")
+    elif ft.mode == "lora":
+        from lmforge.lora import LoRAConfig, apply_lora, mark_trainable
+
+        apply_lora(model, LoRAConfig(rank=lora_cfg.rank, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout,
+                                     targets=lora_cfg.targets))
+        mark_trainable(model, extra=("head.*",))
+    elif ft.freeze_layers:
+        block = re.compile(r"(?:^|\.)h\.(\d+)\.")
+        for name, p in model.named_parameters():
+            if name.startswith("backbone."):
+                m = block.search(name)
+                if m is None and "ln_f" not in name or m is not None and int(m.group(1)) < ft.freeze_layers:
+                    p.requires_grad = False
+
+
+# ----------------------------------------------------------------------------- data
+def encode_texts(tok: Tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids with the tokenizer's specials ([CLS] .. [SEP], or bos .. eos); long texts keep their last id."""
+    out = []
+    for ids in tok.encode_batch(texts, add_special_tokens=True):
+        out.append(ids if len(ids) <= max_length else ids[: max_length - 1] + ids[-1:])
+    return out
+
+
+def collate(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and the attention mask (1 = token), both (B, T)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+class ClassifyBatches:
+    def __init__(self, ids, labels, val_ids, val_labels, pad_id: int, global_batch: int, seed: int, eval_batch: int = 64):
+        self.ids, self.labels, self.val_ids, self.val_labels = ids, labels, val_ids, val_labels
+        self.pad_id, self.global_batch, self.seed, self.eval_batch = pad_id, global_batch, seed, eval_batch
+        self.tokens_per_sample = max(1, round(sum(map(len, ids)) / max(1, len(ids))))
+
+    @functools.lru_cache(maxsize=4)
+    def _perm(self, epoch: int) -> list[int]:
+        return torch.randperm(len(self.ids), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
+
+    def train_batch(self, step: int, index: int, size: int):
+        n, first = len(self.ids), step * self.global_batch + index * size
+        picks = [self._perm(p // n)[p % n] for p in range(first, first + size)]
+        return collate([self.ids[i] for i in picks], self.pad_id), torch.tensor([self.labels[i] for i in picks])
+
+    def eval_batches(self):
+        for i in range(0, len(self.val_ids), self.eval_batch):
+            yield (collate(self.val_ids[i : i + self.eval_batch], self.pad_id),
+                   torch.tensor(self.val_labels[i : i + self.eval_batch]))
+
+
+# ----------------------------------------------------------------------------- recipe
+def _resolve(cfg: RunConfig, run_dir: Path, resuming: bool):
+    """Tokenizer, model config and (fresh-start only) backbone weights, written into the run dir."""
+    from lmforge.datasets import is_registered
+    from lmforge.labelled import load_labelled
+
+    ft = cfg.finetune
+    base = None if resuming else load_base(ft)
+    tok_path = run_dir / ckpt.TOKENIZER
+    train = load_labelled(ft.data, "train", ft.text_column, ft.label_column, ft.label_names or None)
+    if not ft.labels:
+        ft.labels = ",".join(train.label_names)
+    val = load_labelled(ft.data, "val", ft.text_column, ft.label_column, ft.label_names) if is_registered(ft.data) else None
+    if tok_path.exists():
+        tok = Tokenizer.load(tok_path)
+    elif base is not None:
+        tok = base[2]
+    elif cfg.data.tokenizer:
+        tok = Tokenizer.load(cfg.data.tokenizer)
+    else:
+        from lmforge.tokenizer import train_tokenizer
+
+        tok = train_tokenizer(train.texts, cfg.data.vocab_size)
+    if base is not None:
+        cfg.model = base[0]
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = tok.vocab_size
+    if cfg.model.vocab_size < tok.vocab_size:
+        raise UserError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's ({tok.vocab_size}): "
+                        "the base run's tokenizer and checkpoint disagree")
+    return tok, train, val, (base[1] if base is not None else None)
+
+
+def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
+             resume: str | Path | None = None, progress: bool = True) -> dict:
+    """Start or continue a fine-tuning run; returns fit()'s summary plus the validation accuracy."""
+    overrides = overrides or {}
+    if resume is not None:
+        run_dir = ckpt.require_run_dir(resume)
+        cfg = load_config(run_dir / ckpt.CONFIG, overrides)
+    else:
+        if out is None:
+            raise UserError("--out RUN_DIR is required to start a run (or --resume RUN_DIR to continue one)")
+        cfg = load_config(config_path, overrides) if config_path else apply_overrides(RunConfig(), overrides)
+        if not cfg.finetune.data:
+            raise UserError("finetune.data: no labelled data given (set it in the recipe or pass --finetune.data NAME|FILE)")
+        run_dir = Path(out)
+        if (run_dir / ckpt.CONFIG).exists():
+            raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose another --out")
+    info = distributed.init(resolve_device(cfg.train.device).type)
+    try:
+        tok, train, val, backbone_sd = _resolve(cfg, run_dir, resuming=resume is not None)
+        if info.is_main:
+            ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))
+            if not (run_dir / ckpt.TOKENIZER).exists():
+                tok.save(run_dir / ckpt.TOKENIZER)
+        distributed.barrier(info)
+        ft = cfg.finetune
+        pad_id = tok.pad_id if tok.pad_id is not None else 0
+        max_len = min(ft.max_length, cfg.model.block_size) if cfg.model.name != "lstm" else ft.max_length
+        ids = encode_texts(tok, train.texts, max_len)
+        if val is None:  # a single file: hold out a stratified tenth for validation
+            from lmforge.labelled import stratified_split
+
+            train, val = stratified_split(train, (0.9, 0.1))
+            ids = encode_texts(tok, train.texts, max_len)
+        val_ids = encode_texts(tok, val.texts, max_len)
+
+        torch.manual_seed(cfg.train.seed)
+        model = build_classifier(cfg.model, ft, len(ft.label_names), pad_id)
+        if backbone_sd is not None:
+            model.backbone.load_state_dict(backbone_sd)
+        _freeze(model, ft, cfg.lora)
+        lr_scale = _layer_scale(cfg.model.n_layer, ft.layer_lr_decay) if ft.layer_lr_decay < 1.0 else None
+        batches = ClassifyBatches(ids, train.labels, val_ids, val.labels, pad_id, cfg.train.batch_size, cfg.train.seed)
+        summary = fit(model, batches, cfg.train, run_dir, loss_fn=cls_loss, info=info, progress=progress, lr_scale=lr_scale)
+        if ft.mode == "lora" and info.is_main:  # the run dir keeps adapters + head; the base is named in config.yaml
+            from lmforge.lora import lora_state_dict
+
+            ckpt.save_tensors(run_dir / ckpt.WEIGHTS, lora_state_dict(model, extra=("head.*",)), {"lmforge": "lora"})
+        summary["val_accuracy"] = accuracy(model, batches.eval_batches())
+        summary["run_dir"], summary["is_main"] = str(run_dir), info.is_main
+        return summary
+    finally:
+        distributed.shutdown(info)
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, batches) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    right = total = 0
+    for (ids, mask), y in batches:
+        right += (model(ids.to(device), mask.to(device)).argmax(-1).cpu() == y).sum().item()
+        total += len(y)
+    return right / max(total, 1)

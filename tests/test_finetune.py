@@ -1,0 +1,90 @@
+"""Fine-tuning end to end on a tiny labelled file: from a pretrained GPT run (full, LoRA), and the LSTM."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from helpers import REPO, make_corpus
+
+from lmforge.__main__ import main
+from lmforge.checkpoint import load_run
+from lmforge.finetune import ClassifyBatches
+
+TINY = str(REPO / "configs" / "gpt-tiny.yaml")
+
+
+def make_labelled(path, n=240, seed=0):
+    """positive iff the sentence mentions 'bread' or 'sing': learnable from a few tokens."""
+    rng = random.Random(seed)
+    words = "the king and queen walk to the castle at night while people rain".split()
+    rows = ["text\tlabel"]
+    for i in range(n):
+        ws = [rng.choice(words) for _ in range(rng.randint(4, 9))]
+        pos = i % 2 == 0
+        if pos:
+            ws.insert(rng.randint(0, len(ws)), rng.choice(["bread", "sing"]))
+        rows.append(" ".join(ws) + f"\t{'positive' if pos else 'negative'}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ft")
+    corpus = make_corpus(tmp / "corpus.txt")
+    with open(corpus, "a") as f:
+        f.write("people sing of bread\n" * 20)
+    assert main(["pretrain", "--config", TINY, "--data.path", str(corpus), "--train.max_steps=60", "--out", str(tmp / "lm")]) == 0
+    return tmp, make_labelled(tmp / "train.tsv")
+
+
+def ft(tmp, data, out, *extra):
+    return main(["finetune", "--finetune.data", str(data), "--train.max_steps=60", "--train.batch_size=16",
+                 "--train.lr=3e-3", "--train.eval_interval=0", "--train.save_interval=30", "--out", str(tmp / out), *extra])
+
+
+def test_full_finetune_from_pretrained_gpt(base, capsys):
+    tmp, data = base
+    assert ft(tmp, data, "full", "--base", str(tmp / "lm"), "--train.max_steps=150") == 0
+    out = capsys.readouterr().out
+    acc = float(out.rsplit("val accuracy", 1)[1])
+    assert acc >= 0.9, out
+    cfg, model, tok = load_run(tmp / "full")
+    assert cfg.finetune.label_names == ["negative", "positive"] and cfg.model.name == "gpt"
+
+
+def test_lora_stores_adapters_only_and_reloads(base, capsys):
+    tmp, data = base
+    assert ft(tmp, data, "lora", "--base", str(tmp / "lm"), "--finetune.mode=lora", "--lora.targets=c_attn,c_fc",
+              "--train.lr=1e-2") == 0
+    acc = float(capsys.readouterr().out.rsplit("val accuracy", 1)[1])
+    from safetensors.torch import load_file
+
+    keys = load_file(tmp / "lora" / "model.safetensors").keys()
+    assert keys and all("lora_" in k or k.startswith("head.") for k in keys)
+    _, model, tok = load_run(tmp / "lora")
+    from lmforge.finetune import accuracy, collate, encode_texts
+    from lmforge.labelled import read_labelled
+
+    d = read_labelled(data)
+    ids = encode_texts(tok, d.texts, 64)
+    batches = [(collate(ids[i:i + 32], tok.pad_id), torch.tensor(d.labels[i:i + 32])) for i in range(0, len(ids), 32)]
+    assert accuracy(model, batches) >= 0.8 and acc > 0.6
+
+
+def test_lstm_baseline_from_scratch(base, capsys):
+    tmp, data = base
+    assert ft(tmp, data, "lstm", "--model.name=lstm", "--model.n_embd=32", "--model.n_layer=1", "--data.vocab_size=300",
+              "--train.lr=1e-2") == 0
+    assert float(capsys.readouterr().out.rsplit("val accuracy", 1)[1]) >= 0.8
+
+
+def test_batches_are_a_function_of_the_step():
+    b = ClassifyBatches([[i] for i in range(10)], list(range(10)), [], [], 0, 4, seed=1)
+    (x1, _), _ = b.train_batch(7, 0, 4)
+    (x2, _), _ = ClassifyBatches([[i] for i in range(10)], list(range(10)), [], [], 0, 4, seed=1).train_batch(7, 0, 4)
+    assert torch.equal(x1, x2)
+    seen = torch.cat([b.train_batch(s, 0, 4)[0][0].flatten() for s in range(5)])  # 20 picks = 2 epochs
+    assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
