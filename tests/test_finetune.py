@@ -88,3 +88,89 @@ def test_batches_are_a_function_of_the_step():
     assert torch.equal(x1, x2)
     seen = torch.cat([b.train_batch(s, 0, 4)[0][0].flatten() for s in range(5)])  # 20 picks = 2 epochs
     assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
+
+
+def test_evaluate_and_predict_a_classifier(base, capsys, tmp_path):
+    import json
+
+    tmp, data = base
+    run = tmp / "full"
+    if not run.exists():
+        assert ft(tmp, data, "full", "--base", str(tmp / "lm"), "--train.max_steps=150") == 0
+    capsys.readouterr()
+    out = tmp_path / "e.json"
+    assert main(["evaluate", str(run), "--data", str(data), "--text-column", "text", "--label-column", "label",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert {"accuracy", "macro_f1", "confusion"} <= r.keys() and r["accuracy"] >= 0.85
+    assert sum(map(sum, r["confusion"])) == r["examples"] == 240
+    capsys.readouterr()
+    assert main(["predict", str(run), "the people sing of bread", "the king walks at night"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["positive", "negative"]
+    assert all(0.5 <= float(line.split("\t")[1]) <= 1.0 for line in lines)
+
+
+def test_classifier_bad_inputs(base, capsys, tmp_path):
+    tmp, data = base
+    no_label = tmp_path / "nolabel.tsv"
+    no_label.write_text("text\tstars\nhello\t5\n")
+    unseen = tmp_path / "unseen.tsv"
+    unseen.write_text("text\tlabel\nhello there\tneutral\n")
+    empty_text = tmp_path / "empty.tsv"
+    empty_text.write_text("text\tlabel\n\tpositive\n")
+    import shutil
+
+    from lmforge.tokenizer import train_tokenizer
+
+    mismatched = tmp_path / "mismatched-base"  # a base whose tokenizer is larger than its checkpoint's vocabulary
+    shutil.copytree(tmp / "lm", mismatched)
+    train_tokenizer([open(data).read() * 3, "x y z " * 50, "".join(map(chr, range(0x4e00, 0x4fff)))], 1500,
+                    min_frequency=1).save(mismatched / "tokenizer.json")
+    cases = [
+        (["finetune", "--finetune.data", str(no_label), "--out", str(tmp_path / "a")], "label"),
+        (["finetune", "--finetune.data", str(empty_text), "--out", str(tmp_path / "b")], "empty"),
+        (["evaluate", str(tmp / "full"), "--data", str(unseen)], "neutral"),
+        (["finetune", "--finetune.data", str(data), "--base", str(tmp / "lm"), "--finetune.mode=lora",
+          "--lora.targets=nothing_here", "--out", str(tmp_path / "c")], "nothing_here"),
+        (["predict", str(tmp / "lm"), "hello"], "not a fine-tuned classifier"),
+        (["finetune", "--finetune.data", str(data), "--base", str(mismatched), "--out", str(tmp_path / "d")],
+         "smaller than the tokenizer"),
+    ]
+    for argv, needle in cases:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.splitlines()[-1].startswith("lmforge: error: ") and needle in err.splitlines()[-1], (argv, err)
+    assert not any((tmp_path / d).exists() for d in "abcd")  # failed runs leave no half-made run dir
+
+
+@pytest.mark.slow
+def test_lora_run_killed_and_resumed_is_bit_exact(base, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import env1
+    from safetensors.torch import load_file
+
+    from lmforge.checkpoint import read_metrics
+
+    tmp, data = base
+    argv = ["finetune", "--finetune.data", str(data), "--base", str(tmp / "lm"), "--finetune.mode=lora",
+            "--lora.dropout=0.1", "--train.max_steps=200", "--train.batch_size=16", "--train.save_interval=25",
+            "--train.log_interval=10", "--train.eval_interval=0", "--train.num_threads=1"]
+    assert main([*argv, "--out", str(tmp_path / "ref")]) == 0
+    p = subprocess.Popen([sys.executable, "-m", "lmforge", *argv, "--out", str(tmp_path / "run")], env=env1(), cwd=REPO,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while p.poll() is None and max([r["step"] for r in read_metrics(tmp_path / "run")] or [0]) < 130:
+        assert time.time() - t0 < 120
+        time.sleep(0.01)
+    assert p.poll() is None, "finished before the kill"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert main(["finetune", "--resume", str(tmp_path / "run")]) == 0
+    ref, got = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)

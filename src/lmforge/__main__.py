@@ -95,13 +95,21 @@ def cmd_generate(args) -> None:
 def cmd_evaluate(args) -> None:
     from lmforge.evaluate import evaluate_run
 
-    result = evaluate_run(args.run_dir, data=args.data, split=args.split, max_batches=args.max_batches)
+    result = evaluate_run(args.run_dir, data=args.data, split=args.split, max_batches=args.max_batches,
+                          text_column=args.text_column, label_column=args.label_column)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.json:
         from lmforge.checkpoint import atomic_write_text
 
         atomic_write_text(args.json, text + "\n")
     print(text)
+
+
+def cmd_predict(args) -> None:
+    from lmforge.evaluate import predict_texts
+
+    for label, prob, text in predict_texts(args.run_dir, args.texts, args.input, args.text_column):
+        print(f"{label}\t{prob:.4f}\t{text}")
 
 
 # ----------------------------------------------------------------------------- parser
@@ -163,13 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     gen.set_defaults(func=cmd_generate)
 
-    ev = verbs.add_parser("evaluate", help="loss, perplexity and unigram entropy of a run's model on a data split")
+    ev = verbs.add_parser("evaluate", help="LM: loss, perplexity, unigram baseline; classifier: accuracy, P / R / F1, confusion")
     ev.add_argument("run_dir", help="run directory")
-    ev.add_argument("--data", default=None, help="data set name or text file / folder (default: the run's own data)")
-    ev.add_argument("--split", default="val", choices=["train", "val"], help="split to evaluate (default val)")
+    ev.add_argument("--data", default=None, help="data set name or file / folder (default: the run's own data)")
+    ev.add_argument("--split", default="val", choices=["train", "val", "test"], help="split of a registered set (default val)")
+    ev.add_argument("--text-column", default=None, help="classifier: text column of a CSV / TSV / JSONL file")
+    ev.add_argument("--label-column", default=None, help="classifier: label column of a CSV / TSV / JSONL file")
     ev.add_argument("--max-batches", type=int, default=None, help="cap the number of evaluation batches")
     ev.add_argument("--json", default=None, metavar="OUT", help="also write the result to this JSON file")
     ev.set_defaults(func=cmd_evaluate)
+
+    pr = verbs.add_parser("predict", help="label and probability of each text with a fine-tuned classifier")
+    pr.add_argument("run_dir", help="run directory of a fine-tuned classifier")
+    pr.add_argument("texts", nargs="*", help="texts to classify")
+    pr.add_argument("--input", help="a .jsonl / .csv / .tsv / .txt file of texts (one a line for .txt)")
+    pr.add_argument("--text-column", default="text", help="text column / key of --input (default text)")
+    pr.set_defaults(func=cmd_predict)
     return p
 
 

@@ -200,6 +200,18 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
     atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def discard_new_files(run_dir: Path, existed: set[str] | None) -> None:
+    """Remove what this invocation added to ``run_dir`` (all of it if it made the folder)."""
+    import shutil
+
+    if existed is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for p in run_dir.iterdir():
+        if p.name not in existed:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
 def require_run_dir(path: str | Path) -> Path:
     """A folder holding config.yaml, or a UserError saying what was expected."""
     p = Path(path)
@@ -232,18 +244,18 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
         model = build(cfg.model)
         load_into(model, tensors, str(run_dir / WEIGHTS))
         return cfg, model.to(device).eval(), tok
-    from lmforge.finetune import build_classifier, load_base
+    from lmforge.finetune import build_classifier, load_base, lora_config
 
     ft = cfg.finetune
     model = build_classifier(cfg.model, ft, len(ft.label_names), tok.pad_id if tok.pad_id is not None else 0)
     if ft.mode == "lora":
-        from lmforge.lora import LoRAConfig, apply_lora, load_lora_state_dict
+        from lmforge.lora import apply_lora, load_lora_state_dict
 
         base = load_base(ft)
         if base is None:
             raise UserError(f"{run_dir / CONFIG}: a LoRA run needs finetune.base or finetune.base_hf to rebuild its base model")
         model.backbone.load_state_dict(base[1])
-        apply_lora(model, LoRAConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora.targets))
+        apply_lora(model, lora_config(cfg.lora))
         if meta.get("lmforge") == "lora":  # adapters + head only (a finished run)
             load_lora_state_dict(model, tensors, extra=("head.*",))
         else:  # a checkpoint written mid-run holds the whole adapted model

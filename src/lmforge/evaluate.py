@@ -31,9 +31,17 @@ def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val",
-                 max_batches: int | None = None, device: str = "cpu") -> dict:
-    """Loss / perplexity of a run's model on ``split`` of its own token data, or of ``data`` (a name or path)."""
+                 max_batches: int | None = None, device: str = "cpu",
+                 text_column: str | None = None, label_column: str | None = None) -> dict:
+    """A language model: loss / perplexity on ``split`` of its own token data or of ``data``.
+    A classifier: accuracy, precision / recall / F1 and the confusion matrix on ``data`` (default: its own)."""
     cfg, model, tok = ckpt.load_run(run_dir, device)
+    if cfg.finetune.labels:
+        return evaluate_classifier(cfg, model, tok, run_dir, data, split, text_column, label_column, device)
+    if split not in ("train", "val"):
+        from lmforge.errors import UserError
+
+        raise UserError(f"--split {split}: a language-model run has train and val splits")
     if data is None:
         from lmforge.data import TokenData
 
@@ -76,3 +84,103 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
         per_char = len(tokens) / chars / math.log(2)
         result.update(bits_per_char=round(loss * per_char, 4), unigram_bits_per_char=round(h1 * per_char, 4))
     return result
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, tok, texts: list[str], max_length: int, batch_size: int = 64,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """Class probabilities (N, num_labels) for ``texts`` with a fine-tuned classifier."""
+    from lmforge.finetune import collate, encode_texts
+
+    ids = encode_texts(tok, texts, max_length)
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    out = []
+    for i in range(0, len(ids), batch_size):
+        x, mask = collate(ids[i : i + batch_size], pad)
+        out.append(model(x.to(device), mask.to(device)).float().softmax(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def evaluate_classifier(cfg, model, tok, run_dir, data: str | None, split: str, text_column: str | None,
+                        label_column: str | None, device: str = "cpu") -> dict:
+    """Accuracy, macro and per-class precision / recall / F1 and the confusion matrix (scikit-learn)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    from lmforge.labelled import load_labelled
+
+    ft = cfg.finetune
+    names = ft.label_names
+    d = load_labelled(data or ft.data, split, text_column or ft.text_column, label_column or ft.label_column, names)
+    max_len = ft.max_length if cfg.model.name == "lstm" else min(ft.max_length, cfg.model.block_size)
+    pred = predict_proba(model, tok, d.texts, max_len, device=device).argmax(-1).tolist()
+    idx = list(range(len(names)))
+    p, r, f, support = precision_recall_fscore_support(d.labels, pred, labels=idx, zero_division=0)
+    mp, mr, mf, _ = precision_recall_fscore_support(d.labels, pred, labels=idx, average="macro", zero_division=0)
+    return {
+        "run_dir": str(run_dir),
+        "data": f"{d.source} ({split})" if (data or ft.data) and not Path(data or ft.data).exists() else d.source,
+        "examples": len(d),
+        "accuracy": round(float(accuracy_score(d.labels, pred)), 5),
+        "macro_precision": round(float(mp), 5),
+        "macro_recall": round(float(mr), 5),
+        "macro_f1": round(float(mf), 5),
+        "per_class": {n: {"precision": round(float(p[i]), 5), "recall": round(float(r[i]), 5),
+                          "f1": round(float(f[i]), 5), "support": int(support[i])} for i, n in enumerate(names)},
+        "labels": names,
+        "confusion": confusion_matrix(d.labels, pred, labels=idx).tolist(),
+    }
+
+
+def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
+    """Texts to classify: .txt (one a line), .jsonl (``text_column`` of each object), .csv / .tsv (that column)."""
+    import csv
+    import json
+
+    from lmforge.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: not found (expected a .txt, .jsonl, .csv or .tsv file of texts)")
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    if path.suffix == ".txt":
+        return [line for line in raw.splitlines() if line.strip()]
+    if path.suffix == ".jsonl":
+        texts = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(text_column), str):
+                raise UserError(f"{path}:{n}: expected an object with a string {text_column!r}")
+            texts.append(obj[text_column])
+        return texts
+    if path.suffix in (".csv", ".tsv"):
+        rows = csv.DictReader(raw.splitlines(), delimiter="\t" if path.suffix == ".tsv" else ",")
+        if text_column not in (rows.fieldnames or []):
+            raise UserError(f"{path}:1: no column {text_column!r} (columns: {', '.join(rows.fieldnames or [])})")
+        return [row[text_column] for row in rows]
+    raise UserError(f"{path}: unsupported extension {path.suffix!r} (expected .txt, .jsonl, .csv or .tsv)")
+
+
+def predict_texts(run_dir: str | Path, texts: list[str], input_file: str | None = None, text_column: str = "text",
+                  device: str = "cpu") -> list[tuple[str, float, str]]:
+    """(label, probability, text) for each text, with a fine-tuned classifier run dir."""
+    from lmforge.errors import UserError
+
+    cfg, model, tok = ckpt.load_run(run_dir, device)
+    if not cfg.finetune.labels:
+        raise UserError(f"{run_dir}: not a fine-tuned classifier (predict needs a run made by `lmforge finetune`)")
+    texts = list(texts) + (read_texts(input_file, text_column) if input_file else [])
+    if not texts:
+        raise UserError("predict: no text given (pass texts as arguments or --input FILE)")
+    max_len = cfg.finetune.max_length if cfg.model.name == "lstm" else min(cfg.finetune.max_length, cfg.model.block_size)
+    probs = predict_proba(model, tok, texts, max_len, device=device)
+    names = cfg.finetune.label_names
+    best = probs.max(-1)
+    return [(names[i], float(pv), t) for i, pv, t in zip(best.indices.tolist(), best.values.tolist(), texts)]

@@ -94,15 +94,21 @@ def _layer_scale(n_layer: int, decay: float):
     return scale
 
 
+def lora_config(section):
+    """The run config's ``lora`` section as a :class:`lmforge.lora.LoRAConfig`."""
+    from lmforge.lora import LoRAConfig
+
+    return LoRAConfig(rank=section.rank, alpha=section.alpha, dropout=section.dropout, targets=section.targets)
+
+
 def _freeze(model: torch.nn.Module, ft: FinetuneConfig, lora_cfg) -> None:
     if ft.mode == "head":
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("head.")
     elif ft.mode == "lora":
-        from lmforge.lora import LoRAConfig, apply_lora, mark_trainable
+        from lmforge.lora import apply_lora, mark_trainable
 
-        apply_lora(model, LoRAConfig(rank=lora_cfg.rank, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout,
-                                     targets=lora_cfg.targets))
+        apply_lora(model, lora_config(lora_cfg))
         mark_trainable(model, extra=("head.*",))
     elif ft.freeze_layers:
         block = re.compile(r"(?:^|\.)h\.(\d+)\.")
@@ -204,41 +210,50 @@ def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = 
         if (run_dir / ckpt.CONFIG).exists():
             raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose another --out")
     info = distributed.init(resolve_device(cfg.train.device).type)
+    existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
     try:
-        tok, train, val, backbone_sd = _resolve(cfg, run_dir, resuming=resume is not None)
-        if info.is_main:
-            ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))
-            if not (run_dir / ckpt.TOKENIZER).exists():
-                tok.save(run_dir / ckpt.TOKENIZER)
-        distributed.barrier(info)
-        ft = cfg.finetune
-        pad_id = tok.pad_id if tok.pad_id is not None else 0
-        max_len = min(ft.max_length, cfg.model.block_size) if cfg.model.name != "lstm" else ft.max_length
-        ids = encode_texts(tok, train.texts, max_len)
-        if val is None:  # a single file: hold out a stratified tenth for validation
-            from lmforge.labelled import stratified_split
-
-            train, val = stratified_split(train, (0.9, 0.1))
-            ids = encode_texts(tok, train.texts, max_len)
-        val_ids = encode_texts(tok, val.texts, max_len)
-
-        torch.manual_seed(cfg.train.seed)
-        model = build_classifier(cfg.model, ft, len(ft.label_names), pad_id)
-        if backbone_sd is not None:
-            model.backbone.load_state_dict(backbone_sd)
-        _freeze(model, ft, cfg.lora)
-        lr_scale = _layer_scale(cfg.model.n_layer, ft.layer_lr_decay) if ft.layer_lr_decay < 1.0 else None
-        batches = ClassifyBatches(ids, train.labels, val_ids, val.labels, pad_id, cfg.train.batch_size, cfg.train.seed)
-        summary = fit(model, batches, cfg.train, run_dir, loss_fn=cls_loss, info=info, progress=progress, lr_scale=lr_scale)
-        if ft.mode == "lora" and info.is_main:  # the run dir keeps adapters + head; the base is named in config.yaml
-            from lmforge.lora import lora_state_dict
-
-            ckpt.save_tensors(run_dir / ckpt.WEIGHTS, lora_state_dict(model, extra=("head.*",)), {"lmforge": "lora"})
-        summary["val_accuracy"] = accuracy(model, batches.eval_batches())
-        summary["run_dir"], summary["is_main"] = str(run_dir), info.is_main
-        return summary
+        return _run(cfg, run_dir, resume is not None, info, progress)
+    except UserError:
+        if resume is None and info.is_main and not (run_dir / ckpt.TRAIN_STATE).exists():
+            ckpt.discard_new_files(run_dir, existed)  # a run that failed before training leaves nothing behind
+        raise
     finally:
         distributed.shutdown(info)
+
+
+def _run(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) -> dict:
+    tok, train, val, backbone_sd = _resolve(cfg, run_dir, resuming=resuming)
+    if info.is_main:
+        ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))
+        if not (run_dir / ckpt.TOKENIZER).exists():
+            tok.save(run_dir / ckpt.TOKENIZER)
+    distributed.barrier(info)
+    ft = cfg.finetune
+    pad_id = tok.pad_id if tok.pad_id is not None else 0
+    max_len = min(ft.max_length, cfg.model.block_size) if cfg.model.name != "lstm" else ft.max_length
+    ids = encode_texts(tok, train.texts, max_len)
+    if val is None:  # a single file: hold out a stratified tenth for validation
+        from lmforge.labelled import stratified_split
+
+        train, val = stratified_split(train, (0.9, 0.1))
+        ids = encode_texts(tok, train.texts, max_len)
+    val_ids = encode_texts(tok, val.texts, max_len)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_classifier(cfg.model, ft, len(ft.label_names), pad_id)
+    if backbone_sd is not None:
+        model.backbone.load_state_dict(backbone_sd)
+    _freeze(model, ft, cfg.lora)
+    lr_scale = _layer_scale(cfg.model.n_layer, ft.layer_lr_decay) if ft.layer_lr_decay < 1.0 else None
+    batches = ClassifyBatches(ids, train.labels, val_ids, val.labels, pad_id, cfg.train.batch_size, cfg.train.seed)
+    summary = fit(model, batches, cfg.train, run_dir, loss_fn=cls_loss, info=info, progress=progress, lr_scale=lr_scale)
+    if ft.mode == "lora" and info.is_main:  # the run dir keeps adapters + head; the base is named in config.yaml
+        from lmforge.lora import lora_state_dict
+
+        ckpt.save_tensors(run_dir / ckpt.WEIGHTS, lora_state_dict(model, extra=("head.*",)), {"lmforge": "lora"})
+    summary["val_accuracy"] = accuracy(model, batches.eval_batches())
+    summary["run_dir"], summary["is_main"] = str(run_dir), info.is_main
+    return summary
 
 
 @torch.no_grad()

@@ -72,18 +72,6 @@ def _new_run_config(config_path, overrides, out) -> tuple[RunConfig, Path]:
     return cfg, run_dir
 
 
-def _discard_new_run(run_dir: Path, existed: set[str] | None) -> None:
-    """Remove what this invocation added to ``run_dir`` (all of it if it made the folder)."""
-    import shutil
-
-    if existed is None:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return
-    for p in run_dir.iterdir():
-        if p.name not in existed:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
 def _prepare(cfg: RunConfig, run_dir: Path) -> None:
     """Tokenizer and token shards into the run dir, each skipped if already there; then check them."""
     from lmforge.datasets import load_text
@@ -143,7 +131,7 @@ def pretrain(
                 _main_first(info, lambda: _prepare(cfg, run_dir))
             except UserError:  # bad data: leave no half-made run behind, so the same command can be re-run
                 if info.is_main:
-                    _discard_new_run(run_dir, existed)
+                    ckpt.discard_new_files(run_dir, existed)
                 raise
         else:
             _main_first(info, lambda: _prepare(cfg, run_dir))
