@@ -174,3 +174,28 @@ def test_lora_run_killed_and_resumed_is_bit_exact(base, tmp_path):
     assert main(["finetune", "--resume", str(tmp_path / "run")]) == 0
     ref, got = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_finetune_from_a_hugging_face_bert_folder(base, tmp_path, capsys):
+    """--base-hf: a (tiny, random) HF BERT folder with a WordPiece vocab -> an encoder classifier (cls pooling)."""
+    import transformers
+
+    from lmforge.config import ModelConfig
+    from lmforge.hf import hf_bert_config
+
+    _, data = base
+    words = "the king and queen walk to castle at night while people rain bread sing".split()
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="bert", vocab_size=5 + len(words), n_layer=2, n_head=2, n_embd=32, block_size=64, norm_eps=1e-12)
+    hf = transformers.BertForMaskedLM(hf_bert_config(cfg))
+    hf.save_pretrained(tmp_path / "bert", safe_serialization=True)
+    from lmforge.tokenizer import Tokenizer
+
+    Tokenizer.from_wordpiece_vocab(vocab).save(tmp_path / "bert" / "tokenizer.json")
+    assert main(["finetune", "--finetune.data", str(data), "--base-hf", str(tmp_path / "bert"), "--train.max_steps=150",
+                 "--train.batch_size=16", "--train.lr=1e-3", "--train.eval_interval=0", "--out", str(tmp_path / "run")]) == 0
+    assert float(capsys.readouterr().out.rsplit("val accuracy", 1)[1]) >= 0.8
+    cfg_run, model, _ = load_run(tmp_path / "run")
+    assert cfg_run.model.name == "bert" and model.pooling == "cls"
