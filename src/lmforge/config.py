@@ -74,12 +74,17 @@ class DataConfig:
     tokenizer: str = F("", "tokenizer.json (or a folder holding one); empty = train one on the data into the run dir")
     vocab_size: int = F(4096, "vocabulary size when a tokenizer is trained")
     val_fraction: float = F(0.05, "share of a local text held out for validation (registry sets have fixed splits)")
+    objective: str = F("auto", "pretraining objective: auto (clm for gpt, mlm for bert) | clm (next token) | mlm (masked tokens)")
+    mask_prob: float = F(0.15, "mlm: share of tokens to predict (80% masked, 10% random, 10% kept)")
 
     def __post_init__(self) -> None:
         if self.vocab_size < 261:
             raise UserError(f"data.vocab_size: expected at least 261 (256 bytes + 5 special tokens), got {self.vocab_size}")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"data.val_fraction: expected a fraction in (0, 1), got {self.val_fraction!r}")
+        _check_choice("data", "objective", self.objective, ("auto", "clm", "mlm"))
+        if not 0.0 < self.mask_prob < 1.0:
+            raise UserError(f"data.mask_prob: expected a fraction in (0, 1), got {self.mask_prob!r}")
 
 
 @dataclass

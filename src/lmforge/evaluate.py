@@ -30,6 +30,13 @@ def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+class _Split:
+    """A token array seen as a TokenData whose val split it is (for MLMBatches.eval_batches)."""
+
+    def __init__(self, tokens):
+        self.train = self.val = tokens
+
+
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val",
                  max_batches: int | None = None, device: str = "cpu",
                  text_column: str | None = None, label_column: str | None = None) -> dict:
@@ -61,6 +68,14 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
 
         raise UserError(f"{source}: has {len(tokens)} tokens; at least 2 are needed to evaluate")
     block = min(cfg.model.block_size, len(tokens) - 1)
+    if cfg.model.name == "bert":  # masked-LM loss with fixed masks (the same each time it is evaluated)
+        from lmforge.pretrain import MLMBatches
+
+        mlm = MLMBatches(_Split(tokens), block, 8, cfg.train.seed, max_batches, tok, cfg.data.mask_prob)
+        loss = evaluate_loss(model, mlm.eval_batches(), lm_loss, torch.device(device), "float32", DistInfo())
+        return {"run_dir": str(run_dir), "data": source, "objective": "mlm", "loss": round(loss, 5),
+                "perplexity": round(math.exp(min(loss, 50.0)), 3),
+                "unigram_entropy": round(unigram_entropy(tokens, cfg.model.vocab_size), 5)}
     scored = 0
 
     def counted():

@@ -195,7 +195,10 @@ def complete(
     from lmforge.errors import UserError
     from lmforge.train import resolve_device
 
-    _, model, tok = load_run(run_dir, resolve_device(device))
+    cfg, model, tok = load_run(run_dir, resolve_device(device))
+    if cfg.model.name != "gpt" or cfg.finetune.labels:
+        raise UserError(f"{run_dir}: generate needs a causal language model (a gpt pretraining run), "
+                        f"this run is a {'classifier' if cfg.finetune.labels else cfg.model.name + ' encoder'}")
     ids = tok.encode(prompt) or ([tok.bos_id] if tok.bos_id is not None else [])
     if not ids:
         raise UserError("generate: empty prompt and the tokenizer has no bos token to start from")

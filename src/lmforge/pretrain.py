@@ -45,6 +45,41 @@ class LMBatches:
         return iter_eval_batches(self.data.val, block, self.global_batch, self.n_eval)
 
 
+class MLMBatches(LMBatches):
+    """Masked-LM batches: the same random blocks, masked by BERT's 80/10/10 rule with a generator
+    seeded by (seed, step) (train) or by the batch index (evaluation: the same masks every time)."""
+
+    def __init__(self, data: TokenData, block_size: int, global_batch: int, seed: int, eval_batches: int,
+                 tok: Tokenizer, mask_prob: float):
+        super().__init__(data, block_size, global_batch, seed, eval_batches)
+        if tok.mask_id is None:
+            raise UserError("data.objective=mlm: the tokenizer has no mask token (train one with lmforge, or use a BERT vocabulary)")
+        self.mask_id, self.vocab_size, self.specials, self.mask_prob = tok.mask_id, tok.vocab_size, tok.special_ids, mask_prob
+
+    def _mask(self, x: torch.Tensor, seed: int):
+        from lmforge.models.bert import mask_tokens
+
+        return mask_tokens(x, self.mask_id, self.vocab_size, self.specials, torch.Generator().manual_seed(seed), self.mask_prob)
+
+    def train_batch(self, step: int, index: int, size: int):
+        x, _ = super().train_batch(step, index, size)
+        return self._mask(x, (self.seed * 1_000_003 + step) * 64 + index)
+
+    def eval_batches(self):
+        for i, (x, _) in enumerate(super().eval_batches()):
+            yield self._mask(x, 10_007 + i)
+
+
+def objective(cfg: RunConfig) -> str:
+    """clm or mlm for this config, or a UserError for a model / objective pair that cannot train."""
+    if cfg.model.name not in ("gpt", "bert"):
+        raise UserError(f"model.name: {cfg.model.name!r} cannot be pretrained (gpt or bert; lstm is a classifier for `lmforge finetune`)")
+    obj = cfg.data.objective if cfg.data.objective != "auto" else ("mlm" if cfg.model.name == "bert" else "clm")
+    if (obj == "mlm") != (cfg.model.name == "bert"):
+        raise UserError(f"data.objective={obj} does not fit model.name={cfg.model.name}: clm trains gpt, mlm trains bert")
+    return obj
+
+
 def _main_first(info: distributed.DistInfo, fn: Callable[[], Any]) -> None:
     """Run ``fn`` on rank 0 while the others wait; a UserError there is raised on every rank."""
     err = None
@@ -121,6 +156,7 @@ def pretrain(
         cfg = load_config(run_dir / ckpt.CONFIG, overrides)
     else:
         cfg, run_dir = _new_run_config(config_path, overrides, out)
+    objective(cfg)  # fail before anything is written
     info = distributed.init(resolve_device(cfg.train.device).type)
     try:
         if resume is None:  # every rank has checked the run dir is new before rank 0 writes
@@ -144,7 +180,11 @@ def pretrain(
 
         torch.manual_seed(cfg.train.seed)
         model = build(cfg.model)
-        batches = LMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches)
+        if objective(cfg) == "mlm":
+            batches = MLMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches,
+                                 tok, cfg.data.mask_prob)
+        else:
+            batches = LMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches)
         summary = fit(model, batches, cfg.train, run_dir, info=info, progress=progress)
         summary["run_dir"] = str(run_dir)
         summary["params"] = sum(p.numel() for p in model.parameters())
