@@ -121,7 +121,7 @@ def _add_config_options(p: argparse.ArgumentParser, sections: tuple[str, ...]) -
         if name.split(".")[0] not in sections:
             continue
         g.add_argument(f"--{name}", dest=f"cfg:{name}", default=argparse.SUPPRESS, metavar=typ.__name__.upper(),
-                       help=f"{help_} (default {default!r})")
+                       help=f"{help_} (default {default!r})".replace("%", "%%"))
 
 
 def build_parser() -> argparse.ArgumentParser:
