@@ -212,6 +212,25 @@ def discard_new_files(run_dir: Path, existed: set[str] | None) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def open_run(config_path, overrides: dict, out, resume):
+    """(RunConfig, run dir) for a new run (``config_path`` / ``overrides`` into ``out``, which must not
+    hold a run yet) or for continuing one (``resume``: its config.yaml plus ``overrides``)."""
+    from lmforge.config import RunConfig, apply_overrides, load_config
+
+    if resume is not None:
+        run_dir = require_run_dir(resume)
+        return load_config(run_dir / CONFIG, overrides), run_dir
+    if out is None:
+        raise UserError("--out RUN_DIR is required to start a run (or --resume RUN_DIR to continue one)")
+    cfg = load_config(config_path, overrides) if config_path else apply_overrides(RunConfig(), overrides)
+    run_dir = Path(out)
+    if (run_dir / CONFIG).exists():
+        raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose another --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a folder (expected a new or empty run directory)")
+    return cfg, run_dir
+
+
 def require_run_dir(path: str | Path) -> Path:
     """A folder holding config.yaml, or a UserError saying what was expected."""
     p = Path(path)

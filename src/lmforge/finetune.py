@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from lmforge import checkpoint as ckpt
 from lmforge import distributed
-from lmforge.config import FinetuneConfig, ModelConfig, RunConfig, apply_overrides, load_config, save_config
+from lmforge.config import FinetuneConfig, ModelConfig, RunConfig, save_config
 from lmforge.errors import UserError
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import fit, resolve_device
@@ -196,19 +196,9 @@ def _resolve(cfg: RunConfig, run_dir: Path, resuming: bool):
 def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
              resume: str | Path | None = None, progress: bool = True) -> dict:
     """Start or continue a fine-tuning run; returns fit()'s summary plus the validation accuracy."""
-    overrides = overrides or {}
-    if resume is not None:
-        run_dir = ckpt.require_run_dir(resume)
-        cfg = load_config(run_dir / ckpt.CONFIG, overrides)
-    else:
-        if out is None:
-            raise UserError("--out RUN_DIR is required to start a run (or --resume RUN_DIR to continue one)")
-        cfg = load_config(config_path, overrides) if config_path else apply_overrides(RunConfig(), overrides)
-        if not cfg.finetune.data:
-            raise UserError("finetune.data: no labelled data given (set it in the recipe or pass --finetune.data NAME|FILE)")
-        run_dir = Path(out)
-        if (run_dir / ckpt.CONFIG).exists():
-            raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose another --out")
+    cfg, run_dir = ckpt.open_run(config_path, overrides or {}, out, resume)
+    if resume is None and not cfg.finetune.data:
+        raise UserError("finetune.data: no labelled data given (set it in the recipe or pass --finetune.data NAME|FILE)")
     info = distributed.init(resolve_device(cfg.train.device).type)
     existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
     try:

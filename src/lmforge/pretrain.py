@@ -17,7 +17,7 @@ import torch
 
 from lmforge import checkpoint as ckpt
 from lmforge import distributed
-from lmforge.config import RunConfig, apply_overrides, load_config, save_config
+from lmforge.config import RunConfig, save_config
 from lmforge.data import TokenData, iter_eval_batches, make_batch, prepare_tokens, sample_starts
 from lmforge.errors import UserError
 from lmforge.models import build
@@ -93,20 +93,6 @@ def _main_first(info: distributed.DistInfo, fn: Callable[[], Any]) -> None:
         raise UserError(err)
 
 
-def _new_run_config(config_path, overrides, out) -> tuple[RunConfig, Path]:
-    if out is None:
-        raise UserError("--out RUN_DIR is required to start a run (or --resume RUN_DIR to continue one)")
-    cfg = load_config(config_path, overrides) if config_path else apply_overrides(RunConfig(), overrides)
-    if not cfg.data.path:
-        raise UserError("data.path: no training data given (pass --data.path NAME|FILE|FOLDER or set data.path in the recipe)")
-    run_dir = Path(out)
-    if (run_dir / ckpt.CONFIG).exists():
-        raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose another --out")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir}: exists and is not a folder (expected a new or empty run directory)")
-    return cfg, run_dir
-
-
 def _prepare(cfg: RunConfig, run_dir: Path) -> None:
     """Tokenizer and token shards into the run dir, each skipped if already there; then check them."""
     from lmforge.datasets import load_text
@@ -150,12 +136,9 @@ def pretrain(
 
     Returns fit()'s summary (steps, tokens, seconds, train / val loss, val perplexity).
     """
-    overrides = overrides or {}
-    if resume is not None:
-        run_dir = ckpt.require_run_dir(resume)
-        cfg = load_config(run_dir / ckpt.CONFIG, overrides)
-    else:
-        cfg, run_dir = _new_run_config(config_path, overrides, out)
+    cfg, run_dir = ckpt.open_run(config_path, overrides or {}, out, resume)
+    if resume is None and not cfg.data.path:
+        raise UserError("data.path: no training data given (pass --data.path NAME|FILE|FOLDER or set data.path in the recipe)")
     objective(cfg)  # fail before anything is written
     info = distributed.init(resolve_device(cfg.train.device).type)
     try:
