@@ -175,6 +175,20 @@ def load_train_state(run_dir: str | Path) -> dict[str, Any] | None:
     }
 
 
+def saved_step(run_dir: str | Path) -> int:
+    """The step of the run's last resumable checkpoint (0 if none), read from its header only."""
+    path = Path(run_dir) / TRAIN_STATE
+    if not path.exists():
+        return 0
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(json.loads((f.metadata() or {})["lmforge"])["meta"]["step"])
+    except Exception:  # noqa: BLE001 - any unreadable header means: no usable checkpoint
+        raise UserError(f"{path}: unreadable training state (expected a file written by lmforge)") from None
+
+
 # ----------------------------------------------------------------------------- metrics
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
     with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as f:

@@ -70,7 +70,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str = F("", "data set name (see `lmforge data list`) or a .txt file / folder of .txt files")
+    path: str = F("", "data set name (see `lmforge data list`), a .txt file / folder of .txt files, or several joined by commas; a labelled set gives its texts")
     tokenizer: str = F("", "tokenizer.json (or a folder holding one); empty = train one on the data into the run dir")
     vocab_size: int = F(4096, "vocabulary size when a tokenizer is trained")
     val_fraction: float = F(0.05, "share of a local text held out for validation (registry sets have fixed splits)")
@@ -136,6 +136,8 @@ class FinetuneConfig:
     labels: str = F("", "class names, comma-separated; empty = the sorted labels of the training data")
     base: str = F("", "an lmforge run dir whose weights start the backbone (--base)")
     base_hf: str = F("", "a Hugging Face model folder or a registered model such as minilm-l6 (--base-hf)")
+    base_recipe: str = F("", "a pretraining recipe (YAML) that `lmforge pretrain` runs into finetune.base first, "
+                             "when that run dir is missing or unfinished")
     pooling: str = F("auto", "how a sequence becomes one vector: auto (cls for bert, last for gpt) | cls | mean | last")
     max_length: int = F(128, "texts are truncated to this many tokens")
     head_dropout: float = F(0.1, "dropout before the classification head")
@@ -154,6 +156,8 @@ class FinetuneConfig:
             raise UserError(f"finetune.head_dropout: expected a probability in [0, 1), got {self.head_dropout!r}")
         if self.base and self.base_hf:
             raise UserError("finetune.base and finetune.base_hf: give one starting point, not both")
+        if self.base_recipe and not self.base:
+            raise UserError("finetune.base_recipe: also set finetune.base, the run dir to pretrain into")
 
     @property
     def label_names(self) -> list[str]:

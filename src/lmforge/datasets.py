@@ -326,15 +326,29 @@ def split_text(text: str, val_fraction: float = 0.05) -> tuple[str, str]:
 
 
 def load_text(spec: str, val_fraction: float = 0.05) -> tuple[str, str]:
-    """(train_text, val_text) of a registered set name, a ``.txt`` file, or a folder of them.
+    """(train_text, val_text) of a registered set name, a ``.txt`` file, a folder of them, or
+    several of these joined by commas (``peoples-daily,chn-reviews``), concatenated in that order.
 
     A folder is read recursively, files in sorted path order. Registered sets keep their fixed
-    5% split; ``val_fraction`` applies to local text.
+    split; ``val_fraction`` applies to local text. A labelled set contributes its texts without
+    labels, one per line: train texts to train, val texts to val, its test split never (so
+    domain-adaptive pretraining on a task's own texts cannot see the texts it is scored on).
     """
+    if "," in spec and not Path(spec).expanduser().exists():
+        parts = [s.strip() for s in spec.split(",")]
+        if not all(parts):
+            raise UserError(f"data.path {spec!r}: an empty name between commas (expected NAME|FILE|FOLDER[,NAME|FILE|FOLDER...])")
+        pairs = [load_text(s, val_fraction) for s in parts]
+        return _join([t for t, _ in pairs]), _join([v for _, v in pairs])
     if spec in REGISTRY:
-        if REGISTRY[spec].content != "text":
-            raise UserError(f"data set {spec!r} is not a text corpus (it is a {REGISTRY[spec].content} set; "
-                            f"text corpora: {', '.join(dataset_names('text'))})")
+        e = REGISTRY[spec]
+        if e.content == "labelled":
+            from lmforge.labelled import load_labelled
+
+            return tuple("".join(t + "\n" for t in load_labelled(spec, split).texts) for split in ("train", "val"))
+        if e.content != "text":
+            raise UserError(f"data set {spec!r} is not a text corpus (it is a {e.content} set; "
+                            f"text corpora: {', '.join(dataset_names('text') + dataset_names('labelled'))})")
         d = get(spec)
         if not (d / "train.txt").exists():
             raise UserError(f"data set {spec!r} is not a text corpus (it has no train.txt)")
@@ -344,7 +358,12 @@ def load_text(spec: str, val_fraction: float = 0.05) -> tuple[str, str]:
         if os.sep in spec or "/" in spec or spec.endswith(".txt"):
             raise UserError(f"{spec}: no such file or folder (expected a .txt file or a folder of them)")
         raise UserError(
-            f"unknown data set {spec!r}: expected one of {', '.join(dataset_names('text'))} or a path to a .txt file or folder"
+            f"unknown data set {spec!r}: expected one of {', '.join(dataset_names('text') + dataset_names('labelled'))} "
+            "or a path to a .txt file or folder"
         )
     return split_text(_read_local(path), val_fraction)
 
+
+def _join(texts: list[str]) -> str:
+    """Texts one after another, each ending in a newline so no line runs into the next source."""
+    return "".join(t if not t or t.endswith("\n") else t + "\n" for t in texts)

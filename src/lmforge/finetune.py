@@ -81,6 +81,25 @@ def load_base(ft: FinetuneConfig) -> tuple[ModelConfig, dict[str, torch.Tensor],
     return mcfg, sd, tok
 
 
+def pretrain_base(ft: FinetuneConfig, progress: bool = True) -> None:
+    """Run ``ft.base_recipe`` into ``ft.base`` unless that run already finished: start it if the dir
+    is missing, resume it if a checkpoint stopped short of the recipe's max_steps (e.g. after Ctrl-C)."""
+    from lmforge.config import load_config
+    from lmforge.pretrain import pretrain
+
+    recipe, base = Path(ft.base_recipe), Path(ft.base)
+    if not recipe.is_file():
+        raise UserError(f"finetune.base_recipe: {recipe}: no such file (expected a pretraining recipe, e.g. configs/gpt-zh-reviews.yaml)")
+    if not (base / ckpt.CONFIG).exists():
+        print(f"pretraining the base model first: {recipe} -> {base}", flush=True)
+        pretrain(str(recipe), out=base, progress=progress)
+        return
+    done, want = ckpt.saved_step(base), load_config(base / ckpt.CONFIG).train.max_steps
+    if done < want or not (base / ckpt.WEIGHTS).exists():
+        print(f"continuing the base model's pretraining: {base} (step {done} of {want})", flush=True)
+        pretrain(resume=base, progress=progress)
+
+
 def _layer_scale(n_layer: int, decay: float):
     """lr_scale(name): decay ** (n_layer - i) for block i, decay ** (n_layer + 1) for embeddings, 1 for the head."""
     block = re.compile(r"(?:^|\.)h\.(\d+)\.")
@@ -199,6 +218,8 @@ def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = 
     cfg, run_dir = ckpt.open_run(config_path, overrides or {}, out, resume)
     if resume is None and not cfg.finetune.data:
         raise UserError("finetune.data: no labelled data given (set it in the recipe or pass --finetune.data NAME|FILE)")
+    if resume is None and cfg.finetune.base_recipe:
+        pretrain_base(cfg.finetune, progress)
     info = distributed.init(resolve_device(cfg.train.device).type)
     existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
     try:
