@@ -90,6 +90,34 @@ def test_batches_are_a_function_of_the_step():
     assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
 
 
+def test_length_grouped_batches():
+    rng = random.Random(0)
+    ids = [[7] * rng.randint(1, 100) for _ in range(1000)]
+    make = lambda group: ClassifyBatches(ids, [i % 2 for i in range(1000)], [], [], 0, 8, seed=3, group_by_length=group)
+    grouped, plain = make(True), make(False)
+    per_epoch = 1000 // 8
+    picks = [grouped._picks(s) for s in range(per_epoch)]
+    flat = [i for b in picks for i in b]
+    assert len(set(flat)) == len(flat) == per_epoch * 8  # one epoch: every example at most once
+    assert picks[5] == make(True)._picks(5) and grouped._picks(per_epoch) != picks[0]  # pure in (seed, step); epochs differ
+    padded = lambda b: sum(max(len(ids[i]) for i in p) * len(p) for p in map(b._picks, range(50)))
+    assert padded(grouped) < 0.7 * padded(plain)  # far less padding than random batches
+    (x, mask), y = grouped.train_batch(9, 1, 4)  # a process's slice of the global batch
+    assert x.shape[0] == 4 and torch.equal(y, torch.tensor([i % 2 for i in grouped._picks(9)[4:]]))
+
+
+def test_predict_proba_keeps_the_input_order(base):
+    from lmforge.evaluate import predict_proba
+
+    tmp, data = base
+    assert ft(tmp, data, "order", "--train.max_steps=5", "--model.name=lstm", "--model.n_embd=16") == 0
+    _, model, tok = load_run(tmp / "order")
+    texts = ["bread", "the king walks to the castle at night while people sing of rain", "queen", "people sing at night"]
+    together = predict_proba(model, tok, texts, 64, batch_size=2)
+    one_by_one = torch.cat([predict_proba(model, tok, [t], 64) for t in texts])
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=0)
+
+
 def test_evaluate_and_predict_a_classifier(base, capsys, tmp_path):
     import json
 

@@ -141,6 +141,7 @@ class FinetuneConfig:
     pooling: str = F("auto", "how a sequence becomes one vector: auto (cls for bert, last for gpt) | cls | mean | last")
     max_length: int = F(128, "texts are truncated to this many tokens")
     head_dropout: float = F(0.1, "dropout before the classification head")
+    group_by_length: bool = F(False, "batch texts of similar length together: less padding, but a batch's labels follow length")
     mode: str = F("full", "what trains: full (everything) | head (the head only) | lora (adapters + head)")
     freeze_layers: int = F(0, "full mode: freeze the embeddings and the lowest N blocks")
     layer_lr_decay: float = F(1.0, "full mode: LR of block i is lr * decay ** (n_layer - i); embeddings get the lowest")

@@ -109,11 +109,15 @@ def predict_proba(model: torch.nn.Module, tok, texts: list[str], max_length: int
 
     ids = encode_texts(tok, texts, max_length)
     pad = tok.pad_id if tok.pad_id is not None else 0
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths per batch: little padding
     out = []
     for i in range(0, len(ids), batch_size):
-        x, mask = collate(ids[i : i + batch_size], pad)
+        x, mask = collate([ids[j] for j in order[i : i + batch_size]], pad)
         out.append(model(x.to(device), mask.to(device)).float().softmax(-1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, 0)
+    if not out:
+        return torch.zeros(0, 0)
+    probs = torch.cat(out)
+    return probs[torch.argsort(torch.tensor(order))]  # back to the input order
 
 
 def evaluate_classifier(cfg, model, tok, run_dir, data: str | None, split: str, text_column: str | None,

@@ -159,18 +159,48 @@ def collate(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Ten
 
 
 class ClassifyBatches:
-    def __init__(self, ids, labels, val_ids, val_labels, pad_id: int, global_batch: int, seed: int, eval_batch: int = 64):
-        self.ids, self.labels, self.val_ids, self.val_labels = ids, labels, val_ids, val_labels
-        self.pad_id, self.global_batch, self.seed, self.eval_batch = pad_id, global_batch, seed, eval_batch
+    """Training batches as a pure function of (seed, step), and the fixed validation batches.
+
+    ``group_by_length``: each epoch's permutation is cut into mega-batches of 50 batches, each
+    sorted by length and cut into batches, whose order is then shuffled; a batch then holds texts
+    of similar length and pads little (on chn-reviews: ~2.5x fewer tokens than random batches at
+    max_length 128). The last ``n % batch`` examples of an epoch's permutation wait for the next.
+    """
+
+    MEGA = 50
+
+    def __init__(self, ids, labels, val_ids, val_labels, pad_id: int, global_batch: int, seed: int, eval_batch: int = 64,
+                 group_by_length: bool = False):
+        self.ids, self.labels, self.pad_id, self.global_batch, self.seed = ids, labels, pad_id, global_batch, seed
+        order = sorted(range(len(val_ids)), key=lambda i: len(val_ids[i]))  # order-free metrics: pad little
+        self.val_ids, self.val_labels = [val_ids[i] for i in order], [val_labels[i] for i in order]
+        self.eval_batch = eval_batch
+        self.group = group_by_length and len(ids) >= global_batch
         self.tokens_per_sample = max(1, round(sum(map(len, ids)) / max(1, len(ids))))
 
     @functools.lru_cache(maxsize=4)
     def _perm(self, epoch: int) -> list[int]:
         return torch.randperm(len(self.ids), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
 
+    @functools.lru_cache(maxsize=2)
+    def _grouped(self, epoch: int) -> list[list[int]]:
+        perm, B = self._perm(epoch), self.global_batch
+        perm = perm[: len(perm) - len(perm) % B]
+        mega = B * self.MEGA
+        order = [i for m in range(0, len(perm), mega) for i in sorted(perm[m : m + mega], key=lambda i: -len(self.ids[i]))]
+        batches = [order[b : b + B] for b in range(0, len(order), B)]
+        shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch + 104729))
+        return [batches[j] for j in shuffle.tolist()]
+
+    def _picks(self, step: int) -> list[int]:
+        if self.group:
+            per_epoch = len(self.ids) // self.global_batch
+            return self._grouped(step // per_epoch)[step % per_epoch]
+        n, first = len(self.ids), step * self.global_batch
+        return [self._perm(p // n)[p % n] for p in range(first, first + self.global_batch)]
+
     def train_batch(self, step: int, index: int, size: int):
-        n, first = len(self.ids), step * self.global_batch + index * size
-        picks = [self._perm(p // n)[p % n] for p in range(first, first + size)]
+        picks = self._picks(step)[index * size : (index + 1) * size]
         return collate([self.ids[i] for i in picks], self.pad_id), torch.tensor([self.labels[i] for i in picks])
 
     def eval_batches(self):
@@ -256,7 +286,8 @@ def _run(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) ->
         model.backbone.load_state_dict(backbone_sd)
     _freeze(model, ft, cfg.lora)
     lr_scale = _layer_scale(cfg.model.n_layer, ft.layer_lr_decay) if ft.layer_lr_decay < 1.0 else None
-    batches = ClassifyBatches(ids, train.labels, val_ids, val.labels, pad_id, cfg.train.batch_size, cfg.train.seed)
+    batches = ClassifyBatches(ids, train.labels, val_ids, val.labels, pad_id, cfg.train.batch_size, cfg.train.seed,
+                              group_by_length=ft.group_by_length)
     summary = fit(model, batches, cfg.train, run_dir, loss_fn=cls_loss, info=info, progress=progress, lr_scale=lr_scale)
     if ft.mode == "lora" and info.is_main:  # the run dir keeps adapters + head; the base is named in config.yaml
         from lmforge.lora import lora_state_dict
