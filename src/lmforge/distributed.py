@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+
+from lmforge.errors import UserError
 
 
 @dataclass
@@ -74,3 +77,16 @@ def broadcast_object(obj, info: DistInfo):
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def main_first(info: DistInfo, fn: Callable[[], Any]) -> None:
+    """Run ``fn`` on rank 0 while the others wait; a UserError there is raised on every rank."""
+    err = None
+    if info.is_main:
+        try:
+            fn()
+        except UserError as e:
+            err = str(e)
+    err = broadcast_object(err, info)
+    if err is not None:
+        raise UserError(err)

@@ -253,6 +253,11 @@ def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = 
     info = distributed.init(resolve_device(cfg.train.device).type)
     existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
     try:
+        if cfg.finetune.base_hf and not Path(cfg.finetune.base_hf).exists():  # a registered model: rank 0 fetches it
+            from lmforge.datasets import REGISTRY, get
+
+            if cfg.finetune.base_hf in REGISTRY:
+                distributed.main_first(info, lambda: get(cfg.finetune.base_hf))
         return _run(cfg, run_dir, resume is not None, info, progress)
     except UserError:
         if resume is None and info.is_main and not (run_dir / ckpt.TRAIN_STATE).exists():

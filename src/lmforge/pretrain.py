@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -80,19 +80,6 @@ def objective(cfg: RunConfig) -> str:
     return obj
 
 
-def _main_first(info: distributed.DistInfo, fn: Callable[[], Any]) -> None:
-    """Run ``fn`` on rank 0 while the others wait; a UserError there is raised on every rank."""
-    err = None
-    if info.is_main:
-        try:
-            fn()
-        except UserError as e:
-            err = str(e)
-    err = distributed.broadcast_object(err, info)
-    if err is not None:
-        raise UserError(err)
-
-
 def _prepare(cfg: RunConfig, run_dir: Path) -> None:
     """Tokenizer and token shards into the run dir, each skipped if already there; then check them."""
     from lmforge.datasets import load_text
@@ -145,21 +132,21 @@ def pretrain(
         if resume is None:  # every rank has checked the run dir is new before rank 0 writes
             distributed.barrier(info)
             existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
-            _main_first(info, lambda: ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg)))
+            distributed.main_first(info, lambda: ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg)))
             try:
-                _main_first(info, lambda: _prepare(cfg, run_dir))
+                distributed.main_first(info, lambda: _prepare(cfg, run_dir))
             except UserError:  # bad data: leave no half-made run behind, so the same command can be re-run
                 if info.is_main:
                     ckpt.discard_new_files(run_dir, existed)
                 raise
         else:
-            _main_first(info, lambda: _prepare(cfg, run_dir))
+            distributed.main_first(info, lambda: _prepare(cfg, run_dir))
         tok = Tokenizer.load(run_dir / ckpt.TOKENIZER)
         data = TokenData.load(run_dir / "data")
 
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = tok.vocab_size
-        _main_first(info, lambda: ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg)))
+        distributed.main_first(info, lambda: ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg)))
 
         torch.manual_seed(cfg.train.seed)
         model = build(cfg.model)
