@@ -112,6 +112,15 @@ def cmd_predict(args) -> None:
         print(f"{label}\t{prob:.4f}\t{text}")
 
 
+def cmd_export(args) -> None:
+    from lmforge.export import export_run
+
+    s = export_run(args.run_dir, args.format, args.out)
+    shapes = ", ".join(f"{b}x{t}" for b, t in s["shapes_checked"])
+    print(f"{args.out}: {s['model']} -> {s.get('file') or s['hf_class']}; max |logit diff| vs PyTorch "
+          f"{s['max_abs_diff']:.2g} ({s['runtime']}; batch x seq {shapes})")
+
+
 # ----------------------------------------------------------------------------- parser
 def _add_config_options(p: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
     from lmforge.config import option_specs
@@ -187,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", help="a .jsonl / .csv / .tsv / .txt file of texts (one a line for .txt)")
     pr.add_argument("--text-column", default="text", help="text column / key of --input (default text)")
     pr.set_defaults(func=cmd_predict)
+
+    ex = verbs.add_parser("export", help="export a run as ONNX or a Hugging Face folder, checked against PyTorch")
+    ex.add_argument("run_dir", help="run directory (an LM or a fine-tuned classifier)")
+    ex.add_argument("--format", required=True, choices=["onnx", "hf"], help="onnx (model.onnx, onnxruntime-checked) | hf (save_pretrained layout)")
+    ex.add_argument("--out", required=True, help="folder to create (must be new or empty)")
+    ex.set_defaults(func=cmd_export)
     return p
 
 

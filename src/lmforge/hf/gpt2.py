@@ -93,6 +93,28 @@ def gpt_to_hf_state_dict(sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, T
     return out
 
 
+def gpt_classifier_to_hf_state_dict(sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """Our ``SequenceClassifier(GPT, pooling="last")`` state dict -> a ``GPT2ForSequenceClassification`` one.
+
+    The backbone goes through :func:`gpt_to_hf_state_dict` (its unused ``lm_head`` is dropped) and
+    ``head.weight`` (L, C) becomes ``score.weight``. HF's ``score`` has no bias, so ours, b (L,), is
+    folded into ``ln_f.bias``: with d = pinv(W) b (float64, the smallest such shift), W (h + d) = W h + b
+    for every hidden state h, exact up to float rounding whenever W has full row rank (L <= C, as
+    for any trained head). The logits are equal; the final hidden states of the exported
+    ``transformer`` are shifted by d. A head whose bias cannot be folded raises :class:`UserError`.
+    """
+    out = gpt_to_hf_state_dict({k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}, cfg)
+    del out["lm_head.weight"]
+    W, b = sd["head.weight"], sd["head.bias"]  # (L, C), (L,)
+    check_shape("head.weight", W, (b.shape[0], cfg.n_embd), "classifier")
+    d = torch.linalg.pinv(W.double()) @ b.double()  # (C,)
+    if (W.double() @ d - b.double()).abs().max().item() > 1e-6 * max(1.0, b.abs().max().item()):
+        raise UserError("classifier head: its bias cannot be folded into ln_f (GPT2ForSequenceClassification's score has no bias)")
+    out["transformer.ln_f.bias"] = (out["transformer.ln_f.bias"].double() + d).to(b.dtype)
+    out["score.weight"] = W
+    return out
+
+
 def gpt_from_hf_state_dict(hf_sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
     """A ``GPT2LMHeadModel`` (or bare ``GPT2Model``, keys without ``transformer.``) state dict -> ours.
 
