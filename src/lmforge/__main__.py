@@ -121,6 +121,21 @@ def cmd_export(args) -> None:
           f"{s['max_abs_diff']:.2g} ({s['runtime']}; batch x seq {shapes})")
 
 
+def cmd_compress(args) -> None:
+    from lmforge.compress import compress, summary_line
+
+    r = compress(args.run_dir, args.method, args.out, sparsity=args.sparsity, structured=args.structured,
+                 recover_steps=args.recover_steps, recover_lr=args.recover_lr, data=args.data, split=args.split,
+                 max_batches=args.max_batches, repeats=args.repeats)
+    print(summary_line(r))
+
+
+def cmd_report_compress(args) -> None:
+    from lmforge.compress.report import plot_compression
+
+    print(plot_compression(args.runs, args.out, batch=args.batch))
+
+
 # ----------------------------------------------------------------------------- parser
 def _add_config_options(p: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
     from lmforge.config import option_specs
@@ -202,6 +217,30 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", required=True, choices=["onnx", "hf"], help="onnx (model.onnx, onnxruntime-checked) | hf (save_pretrained layout)")
     ex.add_argument("--out", required=True, help="folder to create (must be new or empty)")
     ex.set_defaults(func=cmd_export)
+
+    co = verbs.add_parser("compress", help="int8-quantize or prune a run into a new run dir, with a size / latency / quality report")
+    co.add_argument("run_dir", help="run directory to compress (a language model or a fine-tuned classifier)")
+    co.add_argument("--method", required=True, choices=["int8", "prune"], help="int8 (dynamic int8 Linear layers) | prune")
+    co.add_argument("--out", required=True, help="run directory to create (new or empty); gets compression.json / .md")
+    co.add_argument("--sparsity", type=float, default=None,
+                    help="prune: share of the Linear weights to zero (with --structured: of the heads / neurons to remove), in (0, 1)")
+    co.add_argument("--structured", choices=["heads", "neurons"], default=None,
+                    help="prune: remove whole attention heads or MLP neurons (the matrices shrink)")
+    co.add_argument("--recover-steps", type=int, default=0, help="prune: then fine-tune N steps on the run's own data and loss (default 0)")
+    co.add_argument("--recover-lr", type=float, default=None, help="peak learning rate of the recovery (default: the run's train.lr / 10)")
+    co.add_argument("--data", default=None, help="data for the metric (default: the run's own validation data)")
+    co.add_argument("--split", default="val", choices=["train", "val", "test"], help="split of --data for the metric (default val)")
+    co.add_argument("--max-batches", type=int, default=None, help="cap the number of evaluation batches of a language model")
+    co.add_argument("--repeats", type=int, default=10, help="timed runs per latency figure (median; default 10)")
+    co.set_defaults(func=cmd_compress)
+
+    rep = verbs.add_parser("report", help="plots comparing runs")
+    rep_verbs = rep.add_subparsers(dest="report_verb", metavar="<kind>", parser_class=Parser)
+    rc = rep_verbs.add_parser("compress", help="accuracy (or perplexity) vs latency of compressed runs and their originals (PNG)")
+    rc.add_argument("runs", nargs="+", metavar="RUN", help="run dirs made by `lmforge compress`")
+    rc.add_argument("--out", required=True, help="PNG file to write")
+    rc.add_argument("--batch", type=int, choices=[1, 32], default=1, help="latency at batch 1 or 32 (default 1)")
+    rc.set_defaults(func=cmd_report_compress)
     return p
 
 
@@ -218,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
         func: Callable | None = getattr(args, "func", None)
         if func is None:  # `lmforge` or `lmforge data` alone: show what there is
-            sub = {"data": "data", "tokenizer": "tokenizer"}.get(getattr(args, "verb", None) or "")
+            sub = {"data": "data", "tokenizer": "tokenizer", "report": "report"}.get(getattr(args, "verb", None) or "")
             (parser._subparsers._group_actions[0].choices[sub] if sub else parser).print_help()
             return 0 if not argv else 2
         func(args)

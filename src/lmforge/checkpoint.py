@@ -233,7 +233,11 @@ def open_run(config_path, overrides: dict, out, resume):
 
     if resume is not None:
         run_dir = require_run_dir(resume)
-        return load_config(run_dir / CONFIG, overrides), run_dir
+        cfg = load_config(run_dir / CONFIG, overrides)
+        if cfg.compress.source:  # no training state: "resuming" would train a new model over the compressed one
+            raise UserError(f"{run_dir}: made by `lmforge compress` from {cfg.compress.source}; it cannot be resumed "
+                            "(fine-tune while compressing with --recover-steps N)")
+        return cfg, run_dir
     if out is None:
         raise UserError("--out RUN_DIR is required to start a run (or --resume RUN_DIR to continue one)")
     cfg = load_config(config_path, overrides) if config_path else apply_overrides(RunConfig(), overrides)
@@ -275,7 +279,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     tensors, meta = load_tensors(run_dir / WEIGHTS, "model weights")
     if not cfg.finetune.labels:
         model = build(cfg.model)
-        load_into(model, tensors, str(run_dir / WEIGHTS))
+        _load_model_weights(cfg, model, tensors, run_dir / WEIGHTS, device)
         return cfg, model.to(device).eval(), tok
     from lmforge.finetune import build_classifier, load_base, lora_config
 
@@ -294,5 +298,18 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
         else:  # a checkpoint written mid-run holds the whole adapted model
             load_into(model, tensors, str(run_dir / WEIGHTS))
     else:
-        load_into(model, tensors, str(run_dir / WEIGHTS))
+        _load_model_weights(cfg, model, tensors, run_dir / WEIGHTS, device)
     return cfg, model.to(device).eval(), tok
+
+
+def _load_model_weights(cfg, model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path, device) -> None:
+    """:func:`load_into`, or for a run written by `lmforge compress --method int8` (``compress.quantize``)
+    the swap of its Linear layers for dynamic int8 ones holding the stored int8 weights."""
+    if cfg.compress.quantize != "int8":
+        load_into(model, tensors, str(path))
+        return
+    if torch.device(device).type != "cpu":
+        raise UserError(f"{path}: int8 weights run on the CPU only (dynamic quantization); use --device cpu")
+    from lmforge.compress.quantize import load_int8
+
+    load_int8(model, tensors, str(path))

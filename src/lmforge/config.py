@@ -51,6 +51,9 @@ class ModelConfig:
     tie_weights: bool = F(True, "share the token embedding with the output head")
     norm_eps: float = F(1e-5, "LayerNorm epsilon")
     type_vocab_size: int = F(2, "bert: number of token types (segment A / B)")
+    layer_n_head: str = F("", "heads in each block, comma-separated (set by structured pruning); empty = n_head in "
+                              "every block. The head size stays n_embd // n_head")
+    layer_n_inner: str = F("", "MLP width of each block, comma-separated (set by structured pruning); empty = 4 * n_embd")
 
     def __post_init__(self) -> None:
         _check_choice("model", "name", self.name, ("gpt", "bert", "lstm"))
@@ -62,10 +65,33 @@ class ModelConfig:
             raise UserError(f"model.dropout: expected a probability in [0, 1), got {self.dropout!r}")
         if self.n_embd % self.n_head:
             raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        for k in ("layer_n_head", "layer_n_inner"):
+            _per_layer(k, getattr(self, k), self.n_layer)
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    def n_head_at(self, layer: int) -> int:
+        """Heads in block ``layer`` (``layer_n_head`` if set, else ``n_head``)."""
+        return _per_layer("layer_n_head", self.layer_n_head, self.n_layer)[layer] if self.layer_n_head else self.n_head
+
+    def n_inner_at(self, layer: int) -> int:
+        """MLP width of block ``layer`` (``layer_n_inner`` if set, else 4 * n_embd)."""
+        return _per_layer("layer_n_inner", self.layer_n_inner, self.n_layer)[layer] if self.layer_n_inner else 4 * self.n_embd
+
+
+def _per_layer(name: str, text: str, n_layer: int) -> list[int]:
+    """'4,3' -> [4, 3]: one positive integer per block (an empty string gives [])."""
+    if not text:
+        return []
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != n_layer or min(values, default=0) < 1:
+        raise UserError(f"model.{name}: expected {n_layer} positive integers separated by commas (one per block), got {text!r}")
+    return values
 
 
 @dataclass
@@ -174,6 +200,24 @@ class LoRASection:
 
 
 @dataclass
+class CompressSection:
+    """Written by `lmforge compress` into the run it makes; ``quantize`` tells load_run how to rebuild the model."""
+
+    quantize: str = F("", "weight storage: empty (float32) | int8 (dynamic int8 Linear layers)")
+    sparsity: float = F(0.0, "`lmforge compress --method prune`: share of the pruned weights set to zero, or of the "
+                             "heads / neurons cut (structured)")
+    structured: str = F("", "structured pruning applied: empty | heads | neurons")
+    source: str = F("", "the run dir this run was compressed from")
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (("quantize", self.quantize, ("int8",)), ("structured", self.structured, ("heads", "neurons"))):
+            if value not in ("", *choices):
+                raise UserError(f"compress.{name}: expected empty or one of {', '.join(choices)}, got {value!r}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise UserError(f"compress.sparsity: expected a fraction in [0, 1), got {self.sparsity!r}")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; saved as ``RUN_DIR/config.yaml``."""
 
@@ -182,6 +226,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lora: LoRASection = field(default_factory=LoRASection)
+    compress: CompressSection = field(default_factory=CompressSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -192,7 +237,7 @@ class RunConfig:
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
-                             "finetune": FinetuneConfig, "lora": LoRASection}
+                             "finetune": FinetuneConfig, "lora": LoRASection, "compress": CompressSection}
 
 
 def _field_types(section_cls: type) -> dict[str, type]:

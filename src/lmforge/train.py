@@ -137,9 +137,12 @@ def fit(
     info: distributed.DistInfo | None = None,
     progress: bool = True,
     lr_scale: Callable[[str], float] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> dict:
     """Train ``model`` in place; resume from ``run_dir`` if it holds a training state.
 
+    ``after_step(step)`` runs after each optimizer step, before any evaluation or checkpoint (pruning
+    re-applies its masks there, so saved weights keep their zeros).
     Returns a summary: steps, tokens, seconds, final train loss, val loss and perplexity.
     """
     run_dir = Path(run_dir)
@@ -236,6 +239,8 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step(step)
 
             done = step + 1
             tokens_seen += tokens_per_step

@@ -38,21 +38,26 @@ from lmforge.models.layers import MLP, sinusoidal_positions
 
 
 class SelfAttention(nn.Module):
-    """Bidirectional multi-head self-attention, fused QKV (``c_attn``: C -> 3C, q | k | v), SDPA."""
+    """Bidirectional multi-head self-attention, fused QKV (``c_attn``: C -> 3C, q | k | v), SDPA.
+    With pruned heads (``head_size`` given, H * hs < C): ``c_attn`` C -> 3 * H * hs, ``c_proj`` H * hs -> C."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
+                 head_size: int | None = None) -> None:
         super().__init__()
-        assert n_embd % n_head == 0, "n_embd must be divisible by n_head"
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        assert head_size is not None or n_embd % n_head == 0, "n_embd must be divisible by n_head"
+        self.head_size = head_size or n_embd // n_head
+        D = n_head * self.head_size  # == n_embd unless heads were pruned
+        self.c_attn = nn.Linear(n_embd, 3 * D, bias=bias)
+        self.c_proj = nn.Linear(D, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.n_head, self.dropout = n_head, dropout
 
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
         """``keep``: bool (B, 1, 1, T), True for keys that may be attended to (None = all)."""
-        B, T, C = x.shape
-        hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        B, T, _ = x.shape
+        hs = self.head_size
+        C = self.n_head * hs  # the attention width (n_embd unless heads were pruned)
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, H * hs)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
@@ -61,18 +66,18 @@ class SelfAttention(nn.Module):
             bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, H, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, H * hs)
         return self.resid_dropout(self.c_proj(y))
 
 
 class Layer(nn.Module):
     """Post-LN encoder layer: x = ln_1(x + attn(x)), then x = ln_2(x + mlp(x))."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
-        self.attn = SelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias)
+        self.attn = SelfAttention(cfg.n_embd, cfg.n_head_at(layer), cfg.dropout, cfg.bias, cfg.head_size)
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias, approximate="none")  # BERT: exact erf GELU
+        self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias, approximate="none", n_inner=cfg.n_inner_at(layer))  # exact erf GELU
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
 
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
@@ -106,7 +111,7 @@ class BERT(nn.Module):
         self.wtt = nn.Embedding(cfg.type_vocab_size, C)
         self.ln_e = nn.LayerNorm(C, eps=cfg.norm_eps, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
-        self.h = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layer))
+        self.h = nn.ModuleList(Layer(cfg, i) for i in range(cfg.n_layer))
 
     def forward(self, idx: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None) -> Tensor:
         """Hidden states (B, T, C) for ids ``idx`` (B, T); ``attention_mask`` (B, T): 1 = token, 0 = pad."""

@@ -17,14 +17,15 @@ from lmforge.models.layers import MLP, CausalSelfAttention, KVCache, sinusoidal_
 
 
 class Block(nn.Module):
-    """Pre-LN residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LN residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). ``layer`` picks its shape
+    when ``cfg.layer_n_head`` / ``layer_n_inner`` set one per block (structured pruning)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias)
+        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head_at(layer), cfg.dropout, cfg.bias, cfg.head_size)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias)
+        self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias, n_inner=cfg.n_inner_at(layer))
 
     def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)
@@ -55,7 +56,7 @@ class GPT(nn.Module):
                 wte=nn.Embedding(cfg.vocab_size, C),
                 **({"wpe": nn.Embedding(cfg.block_size, C)} if cfg.pos_emb == "learned" else {}),
                 drop=nn.Dropout(cfg.dropout),
-                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),
                 ln_f=nn.LayerNorm(C, eps=cfg.norm_eps, bias=cfg.bias),
             )
         )
@@ -127,7 +128,8 @@ class GPT(nn.Module):
             on = torch.is_autocast_enabled(device.type)
             dtype = torch.get_autocast_dtype(device.type) if on else w.dtype
         cfg = self.cfg
-        return KVCache(batch_size, cfg.n_head, max_len, cfg.head_size, dtype, device, n_layer=cfg.n_layer)
+        heads = [cfg.n_head_at(i) for i in range(cfg.n_layer)]
+        return KVCache(batch_size, heads, max_len, cfg.head_size, dtype, device, n_layer=cfg.n_layer)
 
     def num_params(self, trainable_only: bool = False) -> int:
         """Number of parameters (a tied head counts once)."""

@@ -53,16 +53,17 @@ class KVCache:
     def __init__(
         self,
         batch_size: int,
-        n_head: int,
+        n_head: int | list[int],
         max_len: int,
         head_size: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         n_layer: int = 1,
     ) -> None:
-        shape = (batch_size, n_head, max_len, head_size)
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layer)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        heads = list(n_head) if isinstance(n_head, (list, tuple)) else [n_head] * n_layer  # per layer (pruned heads)
+        n_layer = len(heads)
+        self.k = [torch.empty((batch_size, h, max_len, head_size), dtype=dtype, device=device) for h in heads]
+        self.v = [torch.empty((batch_size, h, max_len, head_size), dtype=dtype, device=device) for h in heads]
         self.batch_size, self.max_len, self.n_layer = batch_size, max_len, n_layer
         self.pos = 0
 
@@ -87,20 +88,27 @@ class CausalSelfAttention(nn.Module):
     Without a cache: SDPA with ``is_causal``. With a :class:`KVCache`: the T new queries at
     positions ``[pos, pos + T)`` attend over all ``pos + T`` cached keys; query i sees key j iff
     ``j <= pos + i`` (for T == 1 that is every key, for pos == 0 it is the usual causal mask).
+
+    ``head_size`` (default n_embd // n_head) is given when heads were pruned: then H * hs < C, and
+    ``c_attn`` maps C -> 3 * H * hs, ``c_proj`` H * hs -> C.
     """
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
+                 head_size: int | None = None) -> None:
         super().__init__()
-        assert n_embd % n_head == 0, "n_embd must be divisible by n_head"
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        assert head_size is not None or n_embd % n_head == 0, "n_embd must be divisible by n_head"
+        self.head_size = head_size or n_embd // n_head
+        D = n_head * self.head_size  # == n_embd unless heads were pruned
+        self.c_attn = nn.Linear(n_embd, 3 * D, bias=bias)
+        self.c_proj = nn.Linear(D, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.n_head, self.dropout = n_head, dropout
 
     def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        B, T, C = x.shape
-        hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        B, T, _ = x.shape
+        hs = self.head_size
+        C = self.n_head * hs  # the attention width (n_embd unless heads were pruned)
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, H * hs)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
@@ -117,21 +125,24 @@ class CausalSelfAttention(nn.Module):
             else:  # a multi-token chunk at an offset: (T, L) mask, bottom-right aligned
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, H * hs)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
     """Position-wise feed-forward: c_fc (C -> 4C), GELU, c_proj.
 
-    ``approximate="tanh"`` is GPT-2's gelu_new; ``"none"`` the exact erf GELU of BERT.
+    ``approximate="tanh"`` is GPT-2's gelu_new; ``"none"`` the exact erf GELU of BERT. ``n_inner``
+    (default 4C) is smaller when neurons were pruned.
     """
 
-    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True, approximate: str = "tanh") -> None:
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True, approximate: str = "tanh",
+                 n_inner: int | None = None) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        n_inner = n_inner or 4 * n_embd
+        self.c_fc = nn.Linear(n_embd, n_inner, bias=bias)
         self.gelu = nn.GELU(approximate=approximate)
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_inner, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
