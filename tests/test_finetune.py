@@ -53,6 +53,10 @@ def test_full_finetune_from_pretrained_gpt(base, capsys):
     assert acc >= 0.9, out
     cfg, model, tok = load_run(tmp / "full")
     assert cfg.finetune.label_names == ["negative", "positive"] and cfg.model.name == "gpt"
+    from lmforge.checkpoint import read_metrics
+
+    vals = [r for r in read_metrics(tmp / "full") if r["split"] == "val"]
+    assert vals and vals[-1]["step"] == 150 and abs(vals[-1]["accuracy"] - acc) < 1e-4  # logged at each evaluation
 
 
 def test_lora_stores_adapters_only_and_reloads(base, capsys):

@@ -293,7 +293,8 @@ def _run(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) ->
     lr_scale = _layer_scale(cfg.model.n_layer, ft.layer_lr_decay) if ft.layer_lr_decay < 1.0 else None
     batches = ClassifyBatches(ids, train.labels, val_ids, val.labels, pad_id, cfg.train.batch_size, cfg.train.seed,
                               group_by_length=ft.group_by_length)
-    summary = fit(model, batches, cfg.train, run_dir, loss_fn=cls_loss, info=info, progress=progress, lr_scale=lr_scale)
+    summary = fit(model, batches, cfg.train, run_dir, loss_fn=cls_loss, info=info, progress=progress, lr_scale=lr_scale,
+                  val_accuracy=True)
     if ft.mode == "lora" and info.is_main:  # the run dir keeps adapters + head; the base is named in config.yaml
         from lmforge.lora import lora_state_dict
 

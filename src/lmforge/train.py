@@ -111,21 +111,28 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, batches: Iterable, loss_fn: LossFn, device, dtype: str, info) -> float:
-    """Mean loss over the evaluation batches (sharded over ranks, summed with all-reduce)."""
+def evaluate_loss(model: torch.nn.Module, batches: Iterable, loss_fn: LossFn, device, dtype: str, info,
+                  with_accuracy: bool = False):
+    """Mean loss over the evaluation batches (sharded over ranks, summed with all-reduce); with
+    ``with_accuracy`` also the share of argmax(logits) == y, from the same forward passes: (loss, acc)."""
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64)
+    total = torch.zeros(3, dtype=torch.float64)  # loss * n, n, right
     for i, (x, y) in enumerate(batches):
         if i % info.world_size != info.rank:
             continue
         with autocast_context(device, dtype):
             logits = call(model, to_device(x, device))
+        y = y.to(device)
         n = y.numel()
-        total += torch.tensor([loss_fn(logits, y.to(device)).double().item() * n, n], dtype=torch.float64)
+        right = (logits.argmax(-1) == y).sum().item() if with_accuracy else 0
+        total += torch.tensor([loss_fn(logits, y).double().item() * n, n, right], dtype=torch.float64)
     distributed.all_reduce_sum(total, info)
     model.train(was_training)
-    return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+    loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+    if with_accuracy:
+        return loss, (total[2] / total[1]).item() if total[1] > 0 else float("nan")
+    return loss
 
 
 def fit(
@@ -138,11 +145,13 @@ def fit(
     progress: bool = True,
     lr_scale: Callable[[str], float] | None = None,
     after_step: Callable[[int], None] | None = None,
+    val_accuracy: bool = False,
 ) -> dict:
     """Train ``model`` in place; resume from ``run_dir`` if it holds a training state.
 
     ``after_step(step)`` runs after each optimizer step, before any evaluation or checkpoint (pruning
-    re-applies its masks there, so saved weights keep their zeros).
+    re-applies its masks there, so saved weights keep their zeros). ``val_accuracy``: classifiers
+    also log the validation accuracy at each evaluation (metrics.jsonl ``accuracy``, summary ``val_accuracy``).
     Returns a summary: steps, tokens, seconds, final train loss, val loss and perplexity.
     """
     run_dir = Path(run_dir)
@@ -256,11 +265,16 @@ def fit(
                                               "elapsed": round(elapsed_before + now - t0, 3)})
                 window_t, window_tokens = now, 0
             if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.max_steps:
-                val = evaluate_loss(model, batches.eval_batches(), loss_fn, device, cfg.dtype, info)
+                val = evaluate_loss(model, batches.eval_batches(), loss_fn, device, cfg.dtype, info, val_accuracy)
+                record: dict[str, float] = {}
+                if val_accuracy:
+                    val, acc = val
+                    record["accuracy"] = summary["val_accuracy"] = acc
                 summary.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)))
                 if info.is_main:
-                    ckpt.append_metrics(run_dir, {"step": done, "split": "val", "loss": val, "ppl": summary["val_ppl"]})
-                    bar.write(f"step {done}: train loss {loss_val:.4f}, val loss {val:.4f}, val ppl {summary['val_ppl']:.2f}", file=sys.stderr)
+                    ckpt.append_metrics(run_dir, {"step": done, "split": "val", "loss": val, "ppl": summary["val_ppl"], **record})
+                    extra = f", val accuracy {record['accuracy']:.4f}" if record else f", val ppl {summary['val_ppl']:.2f}"
+                    bar.write(f"step {done}: train loss {loss_val:.4f}, val loss {val:.4f}{extra}", file=sys.stderr)
             if done % cfg.save_interval == 0 or done == cfg.max_steps:
                 save(done, elapsed_before + time.perf_counter() - t0)
     except KeyboardInterrupt:
