@@ -13,9 +13,11 @@ def test_pooling_by_hand():
     assert pool(h, mask, "last").flatten().tolist() == [1.0, 5.0]
     assert pool(h, mask, "cls").flatten().tolist() == [0.0, 3.0]
     assert pool(h, mask, "mean").flatten().tolist() == [0.5, 4.0]
+    assert pool(-h, mask, "max").flatten().tolist() == [0.0, -3.0]  # the padded position (-2) never wins
+    assert pool(h, mask, "concat").tolist() == [[1.0, 1.0, 0.5], [5.0, 5.0, 4.0]]  # [last; max; mean]
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "concat"])
 def test_gpt_classifier_ignores_right_padding(pooling):
     torch.manual_seed(0)
     clf = SequenceClassifier(GPT(ModelConfig(vocab_size=40, n_layer=2, n_head=2, n_embd=16, block_size=12)), 16, 3, pooling).eval()

@@ -164,7 +164,8 @@ class FinetuneConfig:
     base_hf: str = F("", "a Hugging Face model folder or a registered model such as minilm-l6 (--base-hf)")
     base_recipe: str = F("", "a pretraining recipe (YAML) that `lmforge pretrain` runs into finetune.base first, "
                              "when that run dir is missing or unfinished")
-    pooling: str = F("auto", "how a sequence becomes one vector: auto (cls for bert, last for gpt) | cls | mean | last")
+    pooling: str = F("auto", "how a sequence becomes one vector: auto (cls for bert, last for gpt) | cls | mean | last | max | "
+                            "concat ([last; max; mean])")
     max_length: int = F(128, "texts are truncated to this many tokens")
     head_dropout: float = F(0.1, "dropout before the classification head")
     group_by_length: bool = F(False, "batch texts of similar length together: less padding, but a batch's labels follow length")
@@ -173,7 +174,7 @@ class FinetuneConfig:
     layer_lr_decay: float = F(1.0, "full mode: LR of block i is lr * decay ** (n_layer - i); embeddings get the lowest")
 
     def __post_init__(self) -> None:
-        _check_choice("finetune", "pooling", self.pooling, ("auto", "cls", "mean", "last"))
+        _check_choice("finetune", "pooling", self.pooling, ("auto", "cls", "mean", "last", "max", "concat"))
         _check_choice("finetune", "mode", self.mode, ("full", "head", "lora"))
         _check_positive("finetune", "max_length", self.max_length)
         _check_positive("finetune", "freeze_layers", self.freeze_layers, allow_zero=True)

@@ -6,7 +6,10 @@ Pooling turns them into one vector per sequence:
 
 - ``last``: the last real token (the only one a causal model lets see the whole text);
 - ``cls``: the first token (BERT's [CLS]);
-- ``mean``: the average over real tokens.
+- ``mean``: the average over real tokens;
+- ``max``: the per-feature maximum over real tokens (does any token carry this feature?);
+- ``concat``: [last ; max ; mean] (3C), ULMFiT's concat pooling: the summary of a causal model,
+  the strongest local evidence and the average, side by side.
 
 >>> from lmforge.config import ModelConfig
 >>> from lmforge.models.gpt import GPT
@@ -20,21 +23,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-POOLINGS = ("last", "cls", "mean")
+POOLINGS = ("last", "cls", "mean", "max", "concat")
+WIDTH = {"concat": 3}  # pooled width in multiples of n_embd (1 for the others)
 
 
 def pool(h: Tensor, attention_mask: Tensor | None, how: str) -> Tensor:
     """(B, T, C) hidden states -> (B, C) by ``how`` (see the module docstring)."""
     if how == "cls":
         return h[:, 0]
+    if how == "concat":
+        return torch.cat([pool(h, attention_mask, k) for k in ("last", "max", "mean")], dim=-1)  # (B, 3C)
     if attention_mask is None:
-        return h[:, -1] if how == "last" else h.mean(dim=1)
+        return {"last": h[:, -1], "max": h.amax(dim=1)}.get(how, h.mean(dim=1))
     mask = attention_mask.to(h.dtype)  # (B, T)
     if how == "last":
         last = attention_mask.long().sum(dim=1).clamp(min=1) - 1  # (B,) index of the last real token
         return h[torch.arange(h.size(0), device=h.device), last]
     if how == "mean":
         return (h * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    if how == "max":
+        return h.masked_fill(attention_mask.unsqueeze(-1) == 0, torch.finfo(h.dtype).min).amax(dim=1)
     raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
 
 
@@ -46,7 +54,7 @@ class SequenceClassifier(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.backbone, self.pooling = backbone, pooling
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(n_embd, num_labels)
+        self.head = nn.Linear(n_embd * WIDTH.get(pooling, 1), num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
