@@ -15,9 +15,9 @@ from helpers import REPO, env1
 pytestmark = pytest.mark.data
 
 
-def tour_commands() -> list[str]:
+def tour_commands(heading: str = "## A 5-minute tour") -> list[str]:
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("## A 5-minute tour", 1)[1]
+    section = text.split(heading, 1)[1]
     block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
     cmds = [line.split("  #")[0].strip() for line in block.splitlines()]
     return [c for c in cmds if c and not c.startswith(("source ", "#"))]
@@ -39,3 +39,12 @@ def test_tour_runs_as_written(tmp_path):
     assert next(v for k, v in outputs.items() if k.startswith("lmforge generate")).startswith("ROMEO:")
     assert "400 steps" in next(v for k, v in outputs.items() if "--resume" in k)
     assert (tmp_path / "runs" / "tour-ddp" / "model.safetensors").exists()
+
+    for cmd in tour_commands("## Compression and export"):  # they build on the tour's runs/tour
+        p = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, f"{cmd}\n{p.stdout}\n{p.stderr}"
+    runs = tmp_path / "runs"
+    for name in ("tour-int8", "tour-p50", "tour-heads"):
+        assert set(json.loads((runs / name / "compression.json").read_text())) >= {"size_mb", "params", "latency_ms_b1", "original"}
+    assert (runs / "compress-tour.png").stat().st_size > 0
+    assert (runs / "tour-onnx" / "model.onnx").exists() and (runs / "tour-hf" / "config.json").exists()

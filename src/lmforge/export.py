@@ -210,7 +210,8 @@ def check_hf(kind: str, cfg, model: nn.Module, tok) -> None:
     if kind == "lstm-classifier":
         why = "an LSTM classifier has no Hugging Face transformers class"
     elif kind == "bert-classifier":
-        why = (f"this BERT classifier reads the raw {'[CLS] vector' if model.pooling == 'cls' else 'mean of the hidden states'}, "
+        what = {"cls": "raw [CLS] vector", "mean": "mean of the hidden states"}.get(model.pooling, f"{model.pooling} pooling")
+        why = (f"this BERT classifier reads the {what}, "
                "BertForSequenceClassification a pooler (dense + tanh) over [CLS]")
     elif kind == "gpt-classifier" and model.pooling != "last":
         why = f"finetune.pooling={model.pooling}: GPT2ForSequenceClassification reads the last non-padding token only"
