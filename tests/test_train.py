@@ -83,6 +83,43 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, opt, schedule, 
     assert steps == sorted(set(steps))  # replayed steps were not logged twice
 
 
+def test_ema_is_what_is_evaluated_saved_and_resumed(tmp_path):
+    c = cfg(ema_decay=0.9)
+    m_ref = new_model()
+    fit(m_ref, Counting(8), c, tmp_path / "ref", progress=False)
+    live = ckpt.load_train_state(tmp_path / "ref")
+    saved, _ = ckpt.load_tensors(tmp_path / "ref" / ckpt.WEIGHTS)
+    assert torch.equal(saved["head.weight"], m_ref.head.weight.detach())  # the caller's model is the average...
+    assert torch.equal(live["ema"]["head.weight"], m_ref.head.weight.detach())
+    assert not torch.equal(live["model"]["head.weight"], m_ref.head.weight.detach())  # ...the live weights are kept to resume
+    m_plain = new_model()  # the same run without the average ends elsewhere
+    fit(m_plain, Counting(8), cfg(), tmp_path / "plain", progress=False)
+    assert not torch.equal(m_plain.head.weight, m_ref.head.weight)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(new_model(), Counting(8, fail_at=10), c, tmp_path / "run", progress=False)
+    m = new_model()
+    fit(m, Counting(8), c, tmp_path / "run", progress=False)
+    for a, b in zip(m_ref.state_dict().values(), m.state_dict().values()):
+        assert torch.equal(a, b)  # resume restores the average too
+
+
+def test_ema_by_hand(tmp_path):
+    """One step at a time, the average follows the formula (no dropout, SGD)."""
+    c = cfg(ema_decay=0.5, optimizer="sgd", max_steps=3, warmup_steps=0, momentum=0.0, eval_interval=0)
+    history = []
+    model = new_model().eval()
+    model.drop.p = 0.0
+    avg = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, Counting(8), c, tmp_path, progress=False, after_step=lambda step: history.append(
+        {n: p.detach().clone() for n, p in model.named_parameters()}))
+    for t, w in enumerate(history):
+        d = min(0.5, (1 + t) / (10 + t))
+        avg = {n: torch.lerp(avg[n], w[n], 1 - d) for n in avg}
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), avg[n], atol=1e-6, rtol=0)
+
+
 def test_grad_accum_matches_full_batch(tmp_path):
     a, b = new_model(), new_model()
     a.drop.p = b.drop.p = 0.0

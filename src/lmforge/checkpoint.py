@@ -137,6 +137,7 @@ def save_train_state(
     optimizer: torch.optim.Optimizer,
     meta: dict[str, Any],
     rng_states: list[torch.Tensor],
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """One file holds everything needed to resume, so it can never be half-updated.
 
@@ -148,6 +149,7 @@ def save_train_state(
     tensors.update(opt_tensors)
     for r, s in enumerate(rng_states):
         tensors[f"rng.cpu.{r}"] = s
+    tensors.update({f"ema.{k}": v for k, v in (ema or {}).items()})
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     payload = {"meta": meta, "optimizer": opt_rest}
@@ -155,7 +157,8 @@ def save_train_state(
 
 
 def load_train_state(run_dir: str | Path) -> dict[str, Any] | None:
-    """-> {'model': state_dict, 'optimizer': state_dict, 'meta': dict, 'rng': [states]}, or None if absent."""
+    """-> {'model': state_dict, 'optimizer': state_dict, 'meta': dict, 'rng': [states], 'ema': {name: tensor}},
+    or None if absent."""
     path = Path(run_dir) / TRAIN_STATE
     if not path.exists():
         return None
@@ -172,6 +175,7 @@ def load_train_state(run_dir: str | Path) -> dict[str, Any] | None:
         "meta": payload["meta"],
         "rng": rng,
         "rng_cuda": tensors.get("rng.cuda"),
+        "ema": {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")},
     }
 
 

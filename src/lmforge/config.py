@@ -131,6 +131,8 @@ class TrainConfig:
     beta2: float = F(0.95, "AdamW beta2; RMSprop smoothing constant (alpha)")
     momentum: float = F(0.9, "SGD / RMSprop momentum")
     grad_clip: float = F(1.0, "clip the gradient norm to this; 0 = off")
+    ema_decay: float = F(0.0, "keep an exponential moving average of the weights (e.g. 0.998): evaluations and the "
+                              "saved model use it; 0 = off")
     eval_interval: int = F(50, "evaluate on the validation split every N steps (and at the end); 0 = only at the end")
     eval_batches: int = F(10, "batches per evaluation")
     save_interval: int = F(50, "write a resumable checkpoint every N steps (and at the end)")
@@ -150,6 +152,8 @@ class TrainConfig:
         for k in ("warmup_steps", "weight_decay", "grad_clip", "eval_interval", "num_threads"):
             _check_positive("train", k, getattr(self, k), allow_zero=True)
         _check_positive("train", "lr", self.lr)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"train.ema_decay: expected a decay in [0, 1), got {self.ema_decay!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise UserError(f"train.min_lr_ratio: expected a fraction in [0, 1], got {self.min_lr_ratio!r}")
 

@@ -135,6 +135,46 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable, loss_fn: LossFn, de
     return loss
 
 
+class EMA:
+    """An exponential moving average of the trainable parameters, with the usual warm-up
+    (decay_t = min(decay, (1 + t) / (10 + t)), so early steps are not dominated by the initial weights).
+
+    ``swapped(model)`` puts the average into the model for evaluation / saving and the live
+    weights back afterwards.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, state: dict[str, torch.Tensor] | None = None) -> None:
+        self.decay = decay
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.avg = {n: p.detach().clone() for n, p in self.params.items()}
+        for n, v in (state or {}).items():
+            if n not in self.avg or self.avg[n].shape != v.shape:
+                raise UserError(f"training state: EMA tensor {n} does not match the model (was train.ema_decay changed?)")
+            self.avg[n].copy_(v)
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        names = list(self.avg)
+        torch._foreach_lerp_([self.avg[n] for n in names], [self.params[n].detach() for n in names], 1.0 - d)
+
+    @contextlib.contextmanager
+    def swapped(self, model: torch.nn.Module):
+        live = {n: p.detach().clone() for n, p in self.params.items()}
+        self.copy_to(model)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(live[n])
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        for n, p in self.params.items():
+            p.copy_(self.avg[n])
+
+
 def fit(
     model: torch.nn.Module,
     batches: BatchSource,
@@ -149,6 +189,8 @@ def fit(
 ) -> dict:
     """Train ``model`` in place; resume from ``run_dir`` if it holds a training state.
 
+    With ``cfg.ema_decay`` the weights' moving average is what is evaluated, saved as model.safetensors
+    and left in ``model`` at the end (the live weights stay in the training state for resume).
     ``after_step(step)`` runs after each optimizer step, before any evaluation or checkpoint (pruning
     re-applies its masks there, so saved weights keep their zeros). ``val_accuracy``: classifiers
     also log the validation accuracy at each evaluation (metrics.jsonl ``accuracy``, summary ``val_accuracy``).
@@ -173,6 +215,7 @@ def fit(
 
     start, tokens_seen, elapsed_before = 0, 0, 0.0
     state = ckpt.load_train_state(run_dir)
+    ema = None
     if state is not None:
         ckpt.load_into(model, state["model"], str(run_dir / ckpt.TRAIN_STATE))
         optimizer.load_state_dict(state["optimizer"])
@@ -188,11 +231,16 @@ def fit(
             torch.cuda.set_rng_state(state["rng_cuda"])
         if info.is_main:
             ckpt.truncate_metrics(run_dir, start)
+        if cfg.ema_decay:
+            ema = EMA(model, cfg.ema_decay, state["ema"])
     else:
         torch.manual_seed(cfg.seed + info.rank)
         if info.is_main:
             ckpt.truncate_metrics(run_dir, 0)
 
+    if cfg.ema_decay and ema is None:
+        ema = EMA(model, cfg.ema_decay)
+    averaged = ema.swapped if ema is not None else lambda _m: contextlib.nullcontext()
     net: torch.nn.Module = model
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -209,8 +257,9 @@ def fit(
         if info.is_main:
             meta = {"step": step, "tokens": tokens_seen, "elapsed": elapsed, "world_size": info.world_size,
                     "scaler": scaler.state_dict() if scaler.is_enabled() else None}
-            ckpt.save_train_state(run_dir, model, optimizer, meta, rngs)
-            ckpt.save_weights(run_dir / ckpt.WEIGHTS, model, {"step": str(step)})
+            ckpt.save_train_state(run_dir, model, optimizer, meta, rngs, ema.avg if ema is not None else None)
+            with averaged(model):  # the model a user loads is the average, when there is one
+                ckpt.save_weights(run_dir / ckpt.WEIGHTS, model, {"step": str(step)})
         distributed.barrier(info)
         last_saved = step
 
@@ -250,6 +299,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             if after_step is not None:
                 after_step(step)
+            if ema is not None:
+                ema.update(step)
 
             done = step + 1
             tokens_seen += tokens_per_step
@@ -265,7 +316,8 @@ def fit(
                                               "elapsed": round(elapsed_before + now - t0, 3)})
                 window_t, window_tokens = now, 0
             if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.max_steps:
-                val = evaluate_loss(model, batches.eval_batches(), loss_fn, device, cfg.dtype, info, val_accuracy)
+                with averaged(model):
+                    val = evaluate_loss(model, batches.eval_batches(), loss_fn, device, cfg.dtype, info, val_accuracy)
                 record: dict[str, float] = {}
                 if val_accuracy:
                     val, acc = val
@@ -285,6 +337,8 @@ def fit(
         raise
     finally:
         bar.close()
+    if ema is not None:  # the caller gets the averaged model, as it was saved
+        ema.copy_to(model)
     summary["seconds"] = round(elapsed_before + time.perf_counter() - t0, 3)
     if summary["val_loss"] is None and start >= cfg.max_steps:  # resumed a finished run: report its last eval
         vals = [r for r in ckpt.read_metrics(run_dir) if r.get("split") == "val"]
