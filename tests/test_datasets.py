@@ -133,7 +133,8 @@ def test_missing_and_unknown(tmp_path):
     with pytest.raises(UserError) as e:
         ds.load_text("wikipedia")
     assert _one_line(e) == (
-        "unknown data set 'wikipedia': expected one of peoples-daily, shakespeare or a path to a .txt file or folder"
+        "unknown data set 'wikipedia': expected one of peoples-daily, shakespeare, chn-reviews, movie-snippets "
+        "or a path to a .txt file or folder"
     )
     with pytest.raises(UserError, match="unknown data set 'wikipedia'"):
         ds.get("wikipedia")

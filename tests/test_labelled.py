@@ -139,8 +139,8 @@ def test_load_labelled_files_and_names(tmp_path):
         load_labelled("shakespeare")
     with pytest.raises(UserError, match="^split 'dev' of 'chn-reviews': expected one of train, val, test$"):
         load_labelled("chn-reviews", split="dev")
-    with pytest.raises(UserError, match="is not a text corpus .it is a labelled set"):
-        ds.load_text("movie-snippets")  # errors before any download
+    with pytest.raises(UserError, match="is not a text corpus .it is a model set"):
+        ds.load_text("minilm-l6")  # errors before any download (labelled sets are text sources: test_text_sources.py)
 
 
 def test_load_registered_split(tmp_path, monkeypatch):
