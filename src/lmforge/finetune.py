@@ -299,7 +299,8 @@ def _run(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) ->
         from lmforge.lora import lora_state_dict
 
         ckpt.save_tensors(run_dir / ckpt.WEIGHTS, lora_state_dict(model, extra=("head.*",)), {"lmforge": "lora"})
-    summary["val_accuracy"] = accuracy(model, batches.eval_batches())
+    if summary.get("val_accuracy") is None:  # fit() measured it at its last evaluation, unless there was none
+        summary["val_accuracy"] = accuracy(model, batches.eval_batches())
     summary["run_dir"], summary["is_main"] = str(run_dir), info.is_main
     return summary
 

@@ -344,5 +344,7 @@ def fit(
         vals = [r for r in ckpt.read_metrics(run_dir) if r.get("split") == "val"]
         if vals:
             summary.update(val_loss=vals[-1]["loss"], val_ppl=vals[-1]["ppl"])
+            if "accuracy" in vals[-1]:
+                summary["val_accuracy"] = vals[-1]["accuracy"]
     return summary
 
