@@ -52,7 +52,7 @@ def test_int8_lm_is_close_to_float_loads_and_shrinks(runs, int8_lm, capsys):
     assert (runs / "lm-int8" / "compression.md").read_text().count("\n") == 4  # header, rule, two rows
     cfg, q, _ = load_run(runs / "lm-int8")
     _, f, _ = load_run(runs / "lm")
-    assert cfg.compress.quantize == "int8" and type(q.lm_head).__name__ == "Linear" and hasattr(q.lm_head, "_packed_params")
+    assert cfg.compress.quantize == "int8" and type(q.lm_head).__name__ == "Int8Linear"
     ids = torch.randint(0, cfg.model.vocab_size, (4, 48), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b = f(ids), q(ids)  # (4, 48, V)
@@ -183,3 +183,20 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(runs, int8_lm, tmp_pat
         assert sorted(p.name for p in tmp_path.iterdir()) == before, argv  # no OUT, no temporary folder left
     with pytest.raises(UserError, match="unknown compression method"):
         compress(lm, "fp4", o)
+
+
+def test_int8_linear_per_token_scales_survive_an_outlier_token():
+    """One token 100x larger than the rest: per-token activation scales keep the others precise
+    (a per-tensor scale, as in quantize_dynamic, would leave them ~7 bits of a 100x larger range)."""
+    from lmforge.compress.quantize import Int8Linear
+
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(64, 48, bias=False)
+    x = torch.randn(2, 9, 64, generator=g)
+    x[0, 3] *= 100
+    q = Int8Linear.from_linear(lin)
+    with torch.no_grad():
+        ref, out = lin(x), q(x)
+    rel = (out - ref).norm(dim=-1) / ref.norm(dim=-1)  # (2, 9) per token
+    assert rel.max() < 0.02 and out.shape == ref.shape and out.dtype == torch.float32
+    assert torch.equal(q.weight_int8.abs().amax(1), torch.full((48,), 127, dtype=torch.int8))  # full range per row

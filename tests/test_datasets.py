@@ -304,6 +304,6 @@ def test_prepare_model_files(tmp_path):
 def test_kinds_of_set():
     assert ds.dataset_names("text")[:2] == ["peoples-daily", "shakespeare"]
     assert ds.dataset_names("labelled") == ["chn-reviews", "movie-snippets"]
-    assert ds.dataset_names("model") == ["minilm-l6"]
+    assert ds.dataset_names("model") == ["minilm-l6", "minilm-l6-int8"]
     with pytest.raises(UserError, match="^data set 'minilm-l6' is not a text corpus .it is a model set"):
         ds.load_text("minilm-l6")

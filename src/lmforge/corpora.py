@@ -136,6 +136,10 @@ def _prepare_minilm(members: dict[str, bytes], out_dir: Path) -> dict:
     return copy_model_files(members, out_dir, MINILM_FILES)
 
 
+def _prepare_onnx_model(members: dict[str, bytes], out_dir: Path) -> dict:
+    return copy_model_files(members, out_dir, ("model.onnx",))
+
+
 
 # ------------------------------------------------------------------------------------- split
 def _is_val(unit: str, fraction: float = VAL_FRACTION) -> bool:

