@@ -136,6 +136,20 @@ def cmd_report_compress(args) -> None:
     print(plot_compression(args.runs, args.out, batch=args.batch))
 
 
+def cmd_serve(args) -> None:
+    import os
+
+    from lmforge.serve import serve
+    from lmforge.serve.limits import Limits
+
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
+                    max_completion_tokens=args.max_completion_tokens, max_inputs=args.max_inputs,
+                    timeout_s=args.timeout, max_concurrent=args.max_concurrent)
+    serve(args.run_dirs, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LMFORGE_API_KEY"),
+          limits=limits, batching=not args.no_batching, batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
+          workers=args.workers, threads=args.threads, log_level=args.log_level)
+
+
 # ----------------------------------------------------------------------------- parser
 def _add_config_options(p: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
     from lmforge.config import option_specs
@@ -241,6 +255,31 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--out", required=True, help="PNG file to write")
     rc.add_argument("--batch", type=int, choices=[1, 32], default=1, help="latency at batch 1 or 32 (default 1)")
     rc.set_defaults(func=cmd_report_compress)
+
+    sv = verbs.add_parser("serve", help="HTTP API over run dirs: OpenAI-compatible completions, classify, health, docs")
+    sv.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dirs to serve (GPT LMs, classifiers, compressed "
+                    "runs); a model's id is its folder name")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port, printed)")
+    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: "
+                    "$LMFORGE_API_KEY if set, else no key)")
+    sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413 (default 1 MiB)")
+    sv.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts get 400 (default 1024)")
+    sv.add_argument("--max-completion-tokens", type=int, default=512, help="a larger max_tokens gets 422 (default 512)")
+    sv.add_argument("--max-inputs", type=int, default=64, help="classify texts, or prompts x n, per request; more get 422 "
+                    "(default 64)")
+    sv.add_argument("--timeout", type=float, default=30.0, help="seconds per request, upload included; then 408 (default 30)")
+    sv.add_argument("--max-concurrent", type=int, default=256, help="requests in flight; more get 503 (default 256)")
+    sv.add_argument("--batch-window-ms", type=float, default=5.0, help="classify: how long the first request of a "
+                    "batch waits for others (default 5)")
+    sv.add_argument("--max-batch", type=int, default=32, help="classify: texts per forward pass at most (default 32)")
+    sv.add_argument("--no-batching", action="store_true", help="classify: one forward pass per request (for comparison)")
+    sv.add_argument("--workers", type=int, default=None, help="threads running generation, and as many for "
+                    "classification (default: CPU count, at most 4)")
+    sv.add_argument("--threads", type=int, default=1, help="torch threads per forward pass (default 1)")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                    help="uvicorn log level; info logs each request (default info)")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

@@ -1,0 +1,88 @@
+"""``lmforge serve``: an HTTP API (FastAPI + uvicorn) over one or more run dirs.
+
+Endpoints (see ``/docs`` for the schema, ``/openapi.json`` for the machine-readable one):
+
+- ``GET /healthz``: ``{"status": "ok", "models": [...]}``, never behind the API key.
+- ``GET /v1/models``, ``GET /v1/models/{id}``: OpenAI's list format, plus ``kind``, ``labels``, ``context_length``.
+- ``POST /v1/completions``: OpenAI's legacy completions API (``prompt``, ``max_tokens``, ``temperature``,
+  ``top_p``, ``stop``, ``seed``, ``n``, ``stream``), for GPT language models.
+- ``POST /v1/classify``: ``{"model", "input": [texts]}`` -> each text's label and the probability of every label.
+
+Module map: ``registry`` (check and load run dirs), ``app`` (routes), ``completion`` (generation in
+worker threads, SSE), ``batching`` (classify requests grouped into forward passes), ``limits``
+(limits, API key, the JSON error shape), ``schemas`` (request / response bodies).
+FastAPI and uvicorn are the ``serve`` extra: ``pip install -e '.[serve]'``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import sys
+
+from lmforge.errors import UserError
+
+
+def _require_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("lmforge serve needs FastAPI and uvicorn: pip install -e '.[serve]'") from None
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one), or a UserError naming the address."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as e:
+        raise UserError(f"--host {host}: cannot use this address ({e})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+    return sock
+
+
+def is_loopback(sock: socket.socket) -> bool:
+    try:
+        return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          limits=None, batching: bool = True, batch_window_ms: float = 5.0, max_batch: int = 32,
+          workers: int | None = None, threads: int = 1, log_level: str = "info") -> None:
+    """Load the run dirs (refusing pickles), bind ``host:port``, print the URL and serve until SIGINT / SIGTERM."""
+    _require_extra()
+    import torch
+    import uvicorn
+
+    from lmforge.serve.app import create_app
+    from lmforge.serve.limits import Limits
+    from lmforge.serve.registry import load_models
+
+    limits = limits or Limits()
+    if batch_window_ms < 0 or max_batch < 1 or (workers is not None and workers < 1) or threads < 1:
+        raise UserError("--batch-window-ms must be >= 0, --max-batch, --workers and --threads >= 1")
+    if api_key is not None and not api_key.strip():
+        raise UserError("--api-key: empty key")
+    torch.set_num_threads(threads)
+    models = load_models(run_dirs)
+    app = create_app(models, limits, api_key, batching, batch_window_ms, max_batch, workers)
+    sock = bind(host, port)
+    if not is_loopback(sock) and api_key is None:
+        print(f"lmforge: warning: serving on {host}, reachable from other machines, without --api-key", file=sys.stderr)
+    h, p = sock.getsockname()[:2]
+    url = f"http://{'[' + h + ']' if ':' in h else h}:{p}"
+    kinds = ", ".join(f"{i} ({m.kind})" for i, m in models.items())
+    print(f"lmforge serve: {kinds} on {url} (docs: {url}/docs; batching {'on' if batching else 'off'}; "
+          f"pid {os.getpid()})", flush=True)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, timeout_keep_alive=30)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,173 @@
+"""Limits, the JSON error shape, and the ASGI guard that applies what can be checked before the app runs.
+
+Every error the server sends has OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``:
+
+=====  =========================  ==================================================================
+ 400   ``invalid_json``           the body is not JSON
+ 400   ``prompt_too_long``        a prompt has more than ``max_prompt_tokens`` tokens
+ 400   ``unsupported_parameter``  echo, logprobs, suffix, best_of > 1, penalties, logit_bias
+ 400   ``wrong_model_kind``       completions on a classifier, or classify on a language model
+ 401   ``invalid_api_key``        ``--api-key`` is set and the Bearer key is missing or wrong
+ 404   ``model_not_found``        no served model has that id (and unknown paths: ``not_found``)
+ 408   ``timeout``                the request took longer than ``timeout_s`` (body upload included)
+ 413   ``body_too_large``         the body exceeds ``max_body_bytes``
+ 422   ``invalid_value``          wrong types or values, ``max_tokens`` above the cap, too many inputs
+ 503   ``overloaded``             more than ``max_concurrent`` requests in flight (retry later)
+=====  =========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Limits:
+    """What one request may ask for; every field is a ``lmforge serve`` flag (``--max-body-bytes`` ...)."""
+
+    max_body_bytes: int = 1 << 20  # 413 above this
+    max_prompt_tokens: int = 1024  # per completion prompt, 400 above
+    max_completion_tokens: int = 512  # the largest max_tokens a request may ask for, 422 above
+    max_inputs: int = 64  # classify inputs, or completion prompts x n, per request; 422 above
+    timeout_s: float = 30.0  # body upload + queueing + compute; 408 after
+    max_concurrent: int = 256  # requests in flight; 503 beyond
+
+    def __post_init__(self) -> None:
+        from lmforge.errors import UserError
+
+        for name in ("max_body_bytes", "max_prompt_tokens", "max_completion_tokens", "max_inputs", "max_concurrent"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
+        if not self.timeout_s > 0:
+            raise UserError(f"--timeout: expected a positive number of seconds, got {self.timeout_s}")
+
+
+class APIError(Exception):
+    """An error answered as ``status`` + OpenAI-shaped JSON (raised anywhere in a request handler)."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None, type_: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+        self.type = type_ or _TYPES.get(status, "invalid_request_error")
+
+
+_TYPES = {401: "authentication_error", 404: "not_found_error", 408: "timeout_error", 413: "invalid_request_error",
+          503: "server_error", 500: "server_error"}
+
+
+def error_body(status: int, message: str, code: str, param: str | None = None, type_: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_ or _TYPES.get(status, "invalid_request_error"),
+                      "param": param, "code": code}}
+
+
+async def send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """A complete JSON response through raw ASGI ``send``."""
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class Guard:
+    """ASGI middleware, in front of everything: API key, concurrency, body size and upload time.
+
+    For every ``/v1/...`` request: the Bearer key (401, checked on the headers alone), the number of
+    requests in flight (503). For every request with a body: ``Content-Length`` above the limit is
+    refused at once (413); otherwise the body is read here, in full, within ``timeout_s`` (a client
+    that stalls mid-upload gets 408) and without passing ``max_body_bytes`` (a chunked upload that
+    grows too large gets 413), then handed to the app. ``/healthz``, ``/docs`` and ``/openapi.json``
+    need no key.
+    """
+
+    def __init__(self, app, limits: Limits, api_key: str | None = None):
+        self.app, self.limits, self.api_key = app, limits, api_key
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        scope["lmforge.t0"] = time.monotonic()  # the request's timeout counts from here
+        path = scope.get("path", "")
+        if path.startswith("/v1/"):
+            if self.api_key is not None and not self._authorized(scope):
+                return await send_json(send, 401, error_body(401, "missing or wrong API key: send the header "
+                                                             "'Authorization: Bearer KEY'", "invalid_api_key"),
+                                       [(b"www-authenticate", b"Bearer")])
+            if self.in_flight >= self.limits.max_concurrent:
+                return await send_json(send, 503, error_body(503, f"server busy: {self.in_flight} requests in flight "
+                                                             f"(limit {self.limits.max_concurrent}); retry later",
+                                                             "overloaded"), [(b"retry-after", b"1")])
+        self.in_flight += 1
+        try:
+            if scope.get("method") in ("POST", "PUT", "PATCH"):
+                body = await self._read_body(receive, send, _content_length(scope))
+                if body is None:
+                    return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def _authorized(self, scope) -> bool:
+        auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, key = auth.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), self.api_key.encode())
+
+    async def _read_body(self, receive, send, declared: int | None) -> bytes | None:
+        """The whole body, or None after answering 413 / 408 / 400 itself."""
+        limit = self.limits.max_body_bytes
+        too_large = error_body(413, f"request body exceeds the limit of {limit} bytes", "body_too_large")
+        if declared is not None and declared > limit:
+            await send_json(send, 413, too_large, [(b"connection", b"close")])
+            return None
+        async def read_all() -> bytes | str | None:
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    return "too large"
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+
+        try:
+            body = await asyncio.wait_for(read_all(), self.limits.timeout_s)
+        except asyncio.TimeoutError:
+            await send_json(send, 408, error_body(408, f"request body not received within {self.limits.timeout_s:g} s",
+                                                  "timeout"), [(b"connection", b"close")])
+            return None
+        if body == "too large":
+            await send_json(send, 413, too_large, [(b"connection", b"close")])
+            return None
+        return body
+
+
+def _content_length(scope) -> int | None:
+    value = dict(scope.get("headers") or []).get(b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _replay(body: bytes, receive):
+    """An ASGI ``receive`` that gives ``body`` once, then waits on the real one (for disconnects)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

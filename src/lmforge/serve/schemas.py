@@ -1,0 +1,127 @@
+"""Request and response bodies (pydantic): what ``/openapi.json`` and ``/docs`` show.
+
+Types are strict, so a wrong type is a 422 rather than a silent conversion (``"max_tokens": "5"`` is
+refused; an integer where a number is expected is fine). Unknown fields are ignored, as OpenAI's
+API does for fields it does not know; known fields that lmforge cannot honour are refused (400).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+Number = Union[StrictInt, StrictFloat]
+
+
+class StreamOptions(BaseModel):
+    include_usage: Optional[StrictBool] = Field(None, description="send a last chunk with `usage` and no choices")
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr = Field(description="a served model id (GET /v1/models)")
+    prompt: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]] = Field(
+        "", description="a string, a list of strings, a list of token ids or a list of such lists; "
+                        "an empty string starts from the tokenizer's bos token")
+    max_tokens: Optional[StrictInt] = Field(16, ge=0, description="tokens to generate at most (capped by the server)")
+    temperature: Optional[Number] = Field(1.0, ge=0, le=2, description="0 = greedy")
+    top_p: Optional[Number] = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    top_k: Optional[StrictInt] = Field(None, ge=0, description="lmforge extension: sample among the k most likely tokens")
+    n: Optional[StrictInt] = Field(1, ge=1, description="completions per prompt")
+    stop: Union[StrictStr, list[StrictStr], None] = Field(None, description="up to 4 strings; generation stops "
+                                                          "before the first one, which is not returned")
+    seed: Optional[StrictInt] = Field(None, ge=-(2**62), le=2**62, description="reproducible sampling; choice i "
+                                      "uses seed + i")
+    stream: Optional[StrictBool] = Field(False, description="server-sent events, OpenAI's chunk format, then [DONE]")
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[StrictStr] = None
+    # accepted for compatibility; values other than these defaults are refused (400)
+    echo: Optional[StrictBool] = False
+    logprobs: Optional[StrictInt] = None
+    best_of: Optional[StrictInt] = None
+    suffix: Optional[StrictStr] = None
+    presence_penalty: Optional[Number] = 0
+    frequency_penalty: Optional[Number] = 0
+    logit_bias: Optional[dict[str, Number]] = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: Optional[Literal["stop", "length"]]
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[Usage] = None
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr = Field(description="a served classifier id (GET /v1/models)")
+    input: Union[StrictStr, list[StrictStr]] = Field(description="a text or a list of texts; each is truncated to "
+                                                     "the model's max_length tokens")
+
+
+class ClassifyResult(BaseModel):
+    object: Literal["classification"] = "classification"
+    index: int
+    label: str = Field(description="the most probable label")
+    score: float = Field(description="its probability")
+    probabilities: dict[str, float] = Field(description="every label's probability (they sum to 1)")
+
+
+class ClassifyUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[ClassifyResult]
+    usage: ClassifyUsage
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    kind: Literal["completion", "classification"]
+    family: str
+    context_length: int
+    labels: Optional[list[str]] = None
+    compression: Optional[str] = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
