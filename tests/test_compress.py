@@ -200,3 +200,14 @@ def test_int8_linear_per_token_scales_survive_an_outlier_token():
     rel = (out - ref).norm(dim=-1) / ref.norm(dim=-1)  # (2, 9) per token
     assert rel.max() < 0.02 and out.shape == ref.shape and out.dtype == torch.float32
     assert torch.equal(q.weight_int8.abs().amax(1), torch.full((48,), 127, dtype=torch.int8))  # full range per row
+
+
+def test_evaluate_compile_gives_the_same_figures(runs, tmp_path, capsys):
+    """`lmforge evaluate --compile` (torch.compile, dynamic shapes) on an int8 classifier: same accuracy / F1."""
+    q = tmp_path / "clf-int8"
+    compress(runs / "clf", "int8", q, repeats=1, progress=False)
+    a, b = tmp_path / "eager.json", tmp_path / "compiled.json"
+    assert main(["evaluate", str(q), "--json", str(a)]) == 0
+    assert main(["evaluate", str(q), "--compile", "--json", str(b)]) == 0
+    ea, eb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert ea["accuracy"] == eb["accuracy"] and ea["confusion"] == eb["confusion"]

@@ -96,7 +96,7 @@ def cmd_evaluate(args) -> None:
     from lmforge.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, data=args.data, split=args.split, max_batches=args.max_batches,
-                          text_column=args.text_column, label_column=args.label_column)
+                          text_column=args.text_column, label_column=args.label_column, compile=args.compile)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.json:
         from lmforge.checkpoint import atomic_write_text
@@ -124,9 +124,23 @@ def cmd_export(args) -> None:
 def cmd_compress(args) -> None:
     from lmforge.compress import compress, summary_line
 
-    r = compress(args.run_dir, args.method, args.out, sparsity=args.sparsity, structured=args.structured,
-                 recover_steps=args.recover_steps, recover_lr=args.recover_lr, data=args.data, split=args.split,
-                 max_batches=args.max_batches, repeats=args.repeats)
+    if args.method == "distill":
+        from lmforge.compress.distill import distill
+
+        if args.run_dir or not args.teacher or not args.student_config:
+            raise UserError("--method distill takes --teacher RUN_DIR and --student-config FILE.yaml (no positional RUN_DIR)")
+        if args.sparsity is not None or args.structured or args.recover_steps or args.recover_lr is not None:
+            raise UserError("--sparsity, --structured, --recover-steps and --recover-lr apply to --method prune, not distill")
+        r = distill(args.teacher, args.student_config, args.out, overrides=args.overrides, data=args.data,
+                    split=args.split, max_batches=args.max_batches, repeats=args.repeats)
+    else:
+        if args.teacher or args.student_config or args.overrides:
+            raise UserError("--teacher, --student-config and config overrides (--train.*, --distill.* ...) apply to --method distill")
+        if not args.run_dir:
+            raise UserError(f"--method {args.method}: give the run directory to compress (lmforge compress RUN_DIR ...)")
+        r = compress(args.run_dir, args.method, args.out, sparsity=args.sparsity, structured=args.structured,
+                     recover_steps=args.recover_steps, recover_lr=args.recover_lr, data=args.data, split=args.split,
+                     max_batches=args.max_batches, repeats=args.repeats)
     print(summary_line(r))
 
 
@@ -217,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-column", default=None, help="classifier: label column of a CSV / TSV / JSONL file")
     ev.add_argument("--max-batches", type=int, default=None, help="cap the number of evaluation batches")
     ev.add_argument("--json", default=None, metavar="OUT", help="also write the result to this JSON file")
+    ev.add_argument("--compile", action="store_true", help="torch.compile the model first (faster on large sets, "
+                    "int8 runs above all; the first batches compile for a few seconds)")
     ev.set_defaults(func=cmd_evaluate)
 
     pr = verbs.add_parser("predict", help="label and probability of each text with a fine-tuned classifier")
@@ -232,9 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="folder to create (must be new or empty)")
     ex.set_defaults(func=cmd_export)
 
-    co = verbs.add_parser("compress", help="int8-quantize or prune a run into a new run dir, with a size / latency / quality report")
-    co.add_argument("run_dir", help="run directory to compress (a language model or a fine-tuned classifier)")
-    co.add_argument("--method", required=True, choices=["int8", "prune"], help="int8 (dynamic int8 Linear layers) | prune")
+    co = verbs.add_parser("compress", help="int8-quantize, prune or distill a run into a new run dir, with a size / latency / quality report")
+    co.add_argument("run_dir", nargs="?", default=None,
+                    help="run directory to compress (a language model or a fine-tuned classifier); not for distill")
+    co.add_argument("--method", required=True, choices=["int8", "prune", "distill"],
+                    help="int8 (dynamic int8 Linear layers) | prune | distill (train a smaller student on the teacher's outputs)")
     co.add_argument("--out", required=True, help="run directory to create (new or empty); gets compression.json / .md")
     co.add_argument("--sparsity", type=float, default=None,
                     help="prune: share of the Linear weights to zero (with --structured: of the heads / neurons to remove), in (0, 1)")
@@ -246,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--split", default="val", choices=["train", "val", "test"], help="split of --data for the metric (default val)")
     co.add_argument("--max-batches", type=int, default=None, help="cap the number of evaluation batches of a language model")
     co.add_argument("--repeats", type=int, default=10, help="timed runs per latency figure (median; default 10)")
+    co.add_argument("--teacher", metavar="RUN_DIR", help="distill: the run to learn from (an LM or a fine-tuned classifier)")
+    co.add_argument("--student-config", metavar="FILE", help="distill: the student's recipe (model, train, distill sections), "
+                    "e.g. configs/distill-zh-student.yaml")
+    _add_config_options(co, ("model", "train", "finetune", "distill"))
     co.set_defaults(func=cmd_compress)
 
     rep = verbs.add_parser("report", help="plots comparing runs")

@@ -223,6 +223,25 @@ class CompressSection:
 
 
 @dataclass
+class DistillSection:
+    """`lmforge compress --method distill`: how the student learns from the teacher (see lmforge.compress.distill)."""
+
+    temperature: float = F(2.0, "softmax temperature T of the soft targets (teacher and student logits / T); the soft "
+                                "loss is scaled by T^2")
+    alpha: float = F(0.5, "weight of the soft loss KL(teacher || student); the hard-label loss gets 1 - alpha")
+    hidden_weight: float = F(0.0, "weight of the hidden-state loss: MSE between the vectors the teacher's and the "
+                                  "student's output heads read, through a learned projection when the widths differ; 0 = off")
+    init_embedding: bool = F(False, "start the student's token embedding from the teacher's (projected on its top "
+                                    "principal directions when the student is narrower), at the student's initial scale")
+
+    def __post_init__(self) -> None:
+        _check_positive("distill", "temperature", self.temperature)
+        _check_positive("distill", "hidden_weight", self.hidden_weight, allow_zero=True)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"distill.alpha: expected a weight in [0, 1], got {self.alpha!r}")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; saved as ``RUN_DIR/config.yaml``."""
 
@@ -232,6 +251,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lora: LoRASection = field(default_factory=LoRASection)
     compress: CompressSection = field(default_factory=CompressSection)
+    distill: DistillSection = field(default_factory=DistillSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -242,7 +262,8 @@ class RunConfig:
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
-                             "finetune": FinetuneConfig, "lora": LoRASection, "compress": CompressSection}
+                             "finetune": FinetuneConfig, "lora": LoRASection, "compress": CompressSection,
+                             "distill": DistillSection}
 
 
 def _field_types(section_cls: type) -> dict[str, type]:

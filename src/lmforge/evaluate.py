@@ -39,10 +39,14 @@ class _Split:
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val",
                  max_batches: int | None = None, device: str = "cpu",
-                 text_column: str | None = None, label_column: str | None = None) -> dict:
+                 text_column: str | None = None, label_column: str | None = None, compile: bool = False) -> dict:
     """A language model: loss / perplexity on ``split`` of its own token data or of ``data``.
-    A classifier: accuracy, precision / recall / F1 and the confusion matrix on ``data`` (default: its own)."""
+    A classifier: accuracy, precision / recall / F1 and the confusion matrix on ``data`` (default: its own).
+    ``compile``: run the model through ``torch.compile`` (dynamic shapes; pays off for int8 runs, whose
+    quantize / rescale passes it fuses, and for large evaluation sets)."""
     cfg, model, tok = ckpt.load_run(run_dir, device)
+    if compile:
+        model = torch.compile(model, dynamic=True)
     if cfg.finetune.labels:
         return evaluate_classifier(cfg, model, tok, run_dir, data, split, text_column, label_column, device)
     if split not in ("train", "val"):

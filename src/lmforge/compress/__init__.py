@@ -1,4 +1,7 @@
-"""``lmforge compress``: int8 quantization or pruning of a run into a new run dir, with a trade-off report.
+"""``lmforge compress``: int8 quantization, pruning or distillation of a run into a new run dir, with a trade-off report.
+
+Distillation (:mod:`lmforge.compress.distill`) trains a new, smaller student from a config; the other
+methods transform the run's own model.
 
 The output is an ordinary run dir (``config.yaml``, ``tokenizer.json``, ``model.safetensors``, and
 for a language model its ``data/`` token shards, hard-linked when possible), so ``load_run`` and every
@@ -10,8 +13,9 @@ left by structured pruning. It also holds:
   latency_ms_b1 / latency_ms_b32 (one forward pass, batch 1 / 32 x ``seq_len`` tokens), throughput,
   decode_ms_per_token (GPT language models), metric (a classifier: accuracy and macro F1 on its
   validation split; an LM: validation loss and perplexity, from :mod:`lmforge.evaluate`), the same
-  keys under ``original``, and ``delta`` (ratios and metric differences). Both models are timed in
-  this process on the same inputs, alternately, median of ``repeats`` runs after 2 warm-up runs.
+  keys under ``original`` (distill: the teacher), and ``delta`` (ratios and metric differences). Both
+  models are timed in this process on the same inputs, alternately, median of ``repeats`` runs after
+  2 warm-up runs.
 - ``compression.md``: the same figures as a two-row Markdown table.
 
 The folder is built under a temporary name next to ``out`` and renamed at the end: a failure (bad
@@ -82,18 +86,34 @@ def compress(run_dir: str | Path, method: str, out: str | Path, sparsity: float 
     if structured and cfg.model.name == "lstm":
         raise UserError(f"--structured {structured}: {src} is an LSTM, which has no attention heads or MLP neurons; "
                         "omit --structured for unstructured pruning")
+
+    def write(tmp: Path) -> dict:
+        return _write_run(tmp, src, cfg, model, tok, method, sparsity, structured, recover_steps, recover_lr, progress)
+
+    return _build(src, out, write, data, split, max_batches, repeats)
+
+
+def _build(src: Path, out: Path, write, data, split, max_batches, repeats: int) -> dict:
+    """``write(tmp) -> details`` fills a temporary run dir next to ``out``; measure it against ``src``, add
+    compression.json / .md and rename it to ``out``. Any failure removes the temporary folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         umask = os.umask(0o022)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a run dir gets the usual mode
-        details = _write_run(tmp, src, cfg, model, tok, method, sparsity, structured, recover_steps, recover_lr, progress)
+        details = write(tmp)
         report = _measure(src, tmp, out, data, split, max_batches, repeats)
         report = {"run_dir": str(out), "source": str(src), **details, **report}
         ckpt.atomic_write_text(tmp / "compression.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         ckpt.atomic_write_text(tmp / "compression.md", markdown(report))
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if out.exists():  # checked empty at the start: another process wrote there meanwhile
+                raise UserError(f"--out {out}: another process wrote there while this one ran; nothing was kept "
+                                "(choose a new folder)") from None
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -225,14 +245,18 @@ def _write_heldout(cfg, folder: Path) -> Path | None:
     return path
 
 
+def _max_tokens(cfg) -> int:
+    """The longest input a run's model takes (an LSTM has no block size: its max_length)."""
+    return cfg.finetune.max_length if cfg.model.name == "lstm" else cfg.model.block_size
+
+
 def _measure(src: Path, new: Path, out: Path, data, split, max_batches, repeats: int) -> dict:
     """compression.json's figures for ``new`` (to be renamed ``out``) and, under "original", for ``src``."""
     cfg, orig, tok = ckpt.load_run(src)
     orig = _plain(orig, cfg)
-    _, comp, _ = ckpt.load_run(new)
+    new_cfg, comp, _ = ckpt.load_run(new)
     labels = bool(cfg.finetune.labels)
-    limit = cfg.finetune.max_length if cfg.model.name == "lstm" else cfg.model.block_size
-    T = min(128, limit)
+    T = min(128, _max_tokens(cfg), _max_tokens(new_cfg))  # a distilled student may take shorter inputs
     ids = torch.randint(0, tok.vocab_size, (32, T), generator=torch.Generator().manual_seed(0))  # (32, T)
     args = {b: (ids[:b], torch.ones_like(ids[:b])) if labels else (ids[:b],) for b in (1, 32)}
     res: dict[str, dict] = {"original": {}, "compressed": {}}
@@ -245,7 +269,7 @@ def _measure(src: Path, new: Path, out: Path, data, split, max_batches, repeats:
     if not labels and cfg.model.name == "gpt":
         from lmforge.generate import generate
 
-        n = max(1, min(32, cfg.model.block_size - 8))
+        n = max(1, min(32, cfg.model.block_size - 8, new_cfg.model.block_size - 8))
         decode = [lambda m=m: list(generate(m, list(range(8)), n, temperature=0)) for m in (orig, comp)]
         for r, ms in zip(res.values(), _median_ms(decode, max(1, repeats // 3), warmup=1)):
             r["decode_ms_per_token_b1"] = round(ms / n, 3)
@@ -277,6 +301,8 @@ def markdown(r: dict) -> str:
     names = ["accuracy", "macro_f1"] if "accuracy" in m else ["loss", "perplexity"]
     head = ["model", "size (MB)", "params (nonzero)", "latency b1 (ms)", "latency b32 (ms)", *names]
     what = r["method"] + (f" {r['pruned']['structured'] or 'unstructured'} {r['sparsity']:.2f}" if "pruned" in r else "")
+    if "student" in r:  # distill: the student's shape
+        what += f" {r['student']['model']} {r['student']['n_layer']}x{r['student']['n_embd']}"
     rows = []
     for label, x in ((f"original `{r['source']}`", r["original"]), (f"{what} `{r['run_dir']}`", r)):
         vals = [f"{x['metric'][k]:.4f}" if isinstance(x["metric"].get(k), float) else "-" for k in names]
