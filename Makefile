@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lmforge-setup
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup test test-fast demo bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,23 @@ test-fast: setup
 
 demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+# Every benchmarks/*.py that is a benchmark (peak first: the others read its figures), each printing one
+# JSON line, collected into runs/bench/results.jsonl; then benchmarks/RESULTS.md is rewritten from them.
+# ~20-30 min on 2 cores. BENCH_ARGS is passed to each (e.g. BENCH_ARGS=--threads=1).
+BENCH_SKIP := _common peak results baselines load_serve
+BENCHES     = peak $(filter-out $(BENCH_SKIP),$(basename $(notdir $(wildcard benchmarks/*.py))))
+
+bench: setup
+	mkdir -p runs/bench
+	: > runs/bench/results.jsonl
+	failed=""; for b in $(BENCHES); do \
+	  echo "== benchmarks/$$b.py" >&2; \
+	  out=$$($(BIN)/python benchmarks/$$b.py $(BENCH_ARGS)) || failed="$$failed $$b"; \
+	  echo "$$out" | tail -n 1 | tee -a runs/bench/results.jsonl; \
+	done; \
+	$(BIN)/python benchmarks/results.py runs/bench/results.jsonl > benchmarks/RESULTS.md; \
+	test -z "$$failed" || { echo "failed:$$failed" >&2; exit 1; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

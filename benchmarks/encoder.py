@@ -23,12 +23,7 @@ lmforge / peer ratio (int8 vs onnxruntime int8, fp32 vs transformers fp32, int8 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import json
-import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -37,16 +32,10 @@ from pathlib import Path
 
 import torch
 
+from _common import LoadMonitor, emit, machine, quiet_warnings, set_threads, timed
+
 from lmforge import checkpoint as ckpt
 from lmforge import datasets
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def load_model(run: str | None):
@@ -69,19 +58,6 @@ def load_model(run: str | None):
     cfg = RunConfig()
     cfg.model = mcfg
     return cfg, model, tok, False
-
-
-def timed(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each fn, run alternately (same load for all), after 2 warm-ups."""
-    for f in fns.values():
-        f(), f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def hf_bert(cfg, model):
@@ -142,7 +118,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--split", default="test")
     ap.add_argument("--no-compile", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    quiet_warnings()
+    set_threads(args.threads)
     torch.manual_seed(0)
 
     from lmforge.compress.quantize import _qdyn_reference, quantize_int8
@@ -193,7 +170,7 @@ def main(argv=None) -> dict:
 
     fns = {k: (lambda f=f: f(ids, mask)) for k, f in torch_fns.items()}
     fns.update({k: f for k, f in ort_fns.items() if not k.endswith("_predict")})
-    with torch.inference_mode():
+    with torch.inference_mode(), LoadMonitor() as mon:
         sec = timed(fns, args.repeats)
     seq_s = {k: round(args.batch / v, 2) for k, v in sec.items()}
 
@@ -229,12 +206,9 @@ def main(argv=None) -> dict:
         "accuracy_drop_int8_points": round(100 * (acc["lmforge_fp32"] - acc["lmforge_int8"]), 2) if acc else None,
         "ratios": ratios,
         "ratio": min(ratios["int8_vs_onnxruntime_int8"], ratios["fp32_vs_transformers_fp32"], ratios["int8_vs_fp32"] / 2),
-        "compile_seconds": compile_s,
-        "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__, "cpu": cpu_model(),
-        "load_average_1min": os.getloadavg()[0],
+        "compile_seconds": compile_s, **machine(args.threads, args.repeats), **mon.report(),
     }
-    print(json.dumps(out), flush=True)
-    return out
+    return emit(out)
 
 
 if __name__ == "__main__":

@@ -182,3 +182,83 @@ def test_stream_decode_real_byte_level_bpe():
     pieces = list(stream_decode(tok, ids))
     assert "".join(pieces) == tok.decode(ids) == text
     assert all("\ufffd" not in p for p in pieces)
+
+
+# --- decode speed paths: the same tokens as the plain model -------------------------------------
+
+
+def test_for_decode_fp32_same_outputs_and_still_a_model():
+    import copy
+
+    from lmforge.models.layers import for_decode
+
+    m = tiny_model()
+    idx = torch.randint(0, 100, (2, 12))
+    fast = for_decode(copy.deepcopy(m))
+    w = fast.transformer.h[0].attn.c_attn.weight
+    assert w.shape == (96, 32) and w.t().is_contiguous()  # input-major storage, same shape
+    assert fast.lm_head.weight is fast.transformer.wte.weight  # the tie survives
+    with torch.no_grad():
+        torch.testing.assert_close(fast(idx), m(idx), atol=1e-5, rtol=0)
+    for prompt in ([7], [3, 14, 15, 92, 65, 35]):
+        assert list(generate(fast, prompt, 35, temperature=0)) == list(generate(m, prompt, 35, temperature=0))
+    assert list(generate(fast, [5], 30, top_p=0.9, seed=123)) == list(generate(m, [5], 30, top_p=0.9, seed=123))
+    sd = fast.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in m.state_dict().items())  # same values: saving is unchanged
+    fast.train()
+    fast(idx).sum().backward()  # still trainable
+    assert w.grad is not None and w.grad.shape == w.shape
+
+
+def test_for_decode_bf16_packs_linears_same_tokens():
+    import copy
+
+    from lmforge.models.layers import PackedLinear, for_decode
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("no oneDNN bf16 on this CPU")
+    m = tiny_model().to(torch.bfloat16)
+    fast = for_decode(copy.deepcopy(m))
+    assert sum(isinstance(x, PackedLinear) for x in fast.modules()) == 2 * 4 + 1  # 4 per block + the head
+    idx = torch.randint(0, 100, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(idx).float(), m(idx).float(), atol=0.05, rtol=0.02)
+    prompt = [3, 14, 15, 92, 65, 35]
+    assert list(generate(fast, prompt, 20, temperature=0)) == list(generate(m, prompt, 20, temperature=0))
+
+
+@pytest.mark.parametrize("T,start", [(1, 9), (6, 0), (4, 5)])
+def test_softmax_attention_bf16_matches_sdpa(T, start):
+    import torch.nn.functional as F
+
+    from lmforge.models.layers import softmax_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=g) for n in (T, start + T, start + T))
+    mask = None if T == 1 else torch.ones(T, start + T, dtype=torch.bool).tril(diagonal=start)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(softmax_attention(q, k, v, mask), ref, atol=1e-5, rtol=0)  # exact math in fp32
+    out = softmax_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.03, rtol=0)
+
+
+def test_for_decode_int8_packs_same_tokens():
+    import copy
+
+    from lmforge.compress.quantize import quantize_int8
+    from lmforge.models.layers import PackedInt8Linear, _int8_packable, for_decode
+
+    if not _int8_packable():
+        pytest.skip("no fbgemm / x86 quantized engine")
+    q = quantize_int8(tiny_model())[0]
+    fast = for_decode(copy.deepcopy(q))
+    assert sum(isinstance(x, PackedInt8Linear) for x in fast.modules()) == 2 * 4 + 1
+    x = torch.randn(1, 1, 32)
+    with torch.no_grad():
+        ref, out = q.transformer.h[0].mlp.c_fc(x), fast.transformer.h[0].mlp.c_fc(x)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)  # one row: fbgemm, the same int8 products
+        idx = torch.randint(0, 100, (1, 9))
+        assert torch.equal(fast(idx), q(idx))  # a prefill runs the Int8Linear layers themselves
+    prompt = [3, 14, 15, 92, 65, 35]
+    assert list(generate(fast, prompt, 30, temperature=0)) == list(generate(q, prompt, 30, temperature=0))

@@ -117,6 +117,32 @@ def test_bf16_autocast_forward():
     torch.testing.assert_close(step.float()[:, 0], ref[:, 5], atol=0.1, rtol=0)
 
 
+def test_softmax_attention_gradients_match_sdpa():
+    """The attention bf16 training uses on CPU: same values and gradients as SDPA (checked in fp32)."""
+    from lmforge.models.layers import softmax_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 16, generator=g).requires_grad_() for _ in range(3))
+    out = softmax_attention(q, k, v, torch.ones(7, 7, dtype=torch.bool).tril())
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    go = torch.randn(out.shape, generator=g)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), go), torch.autograd.grad(ref, (q, k, v), go)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_bf16_autocast_training_step_close_to_fp32():
+    torch.manual_seed(0)
+    m = GPT(tiny())
+    idx, y = torch.randint(0, 100, (2, 16)), torch.randint(0, 100, (2, 16))
+    ref = F.cross_entropy(m(idx).flatten(0, 1), y.flatten())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(m(idx).float().flatten(0, 1), y.flatten())
+    loss.backward()
+    assert abs(loss.item() - ref.item()) < 0.02
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
 def test_loss_decreases():
     torch.manual_seed(0)
     m = GPT(tiny())

@@ -1,0 +1,71 @@
+"""The benchmarks run end to end on tiny shapes (``--smoke``: 1 repeat, no compile) and print the JSON
+that ``make bench`` collects. No timing is asserted: only the contract (keys, ratio = the smallest)."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+COMMON = {"benchmark", "ratio", "ratios", "threads", "repeats", "torch", "cpu", "date", "foreign_cpus", "contended"}
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture
+def bench(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import _common
+
+    monkeypatch.setattr(_common, "CACHE_DIR", tmp_path)  # a smoke run never touches runs/bench
+
+    def load(name):
+        sys.modules.pop(name, None)
+        return importlib.import_module(name)
+
+    return load
+
+
+def last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_peak_smoke(bench, capsys):
+    out = bench("peak").main(["--smoke", "--threads", "1"])
+    assert last_json(capsys) == out
+    assert COMMON <= out.keys() and out["benchmark"] == "peak"
+    assert all(out[k] > 0 for k in ("fp32_gflops", "bf16_gflops", "int8_gops", "mem_read_gbps"))
+
+
+def test_train_smoke(bench, capsys):
+    out = bench("train").main(["--smoke", "--threads", "1"])
+    assert last_json(capsys) == out
+    assert COMMON <= out.keys() and out["benchmark"] == "train"
+    for mode in ("fp32", "bf16"):
+        for who in ("lmforge", "transformers_sdpa", "transformers_eager"):
+            assert out["tok_per_s"][f"{who}_{mode}"] > 0 and f"{who}_{mode}" in out["mfu"]
+    assert out["ratio"] == min(out["ratios"]["fp32"], out["ratios"]["bf16"])
+
+
+def test_generate_smoke(bench, capsys):
+    out = bench("generate").main(["--smoke", "--threads", "1"])
+    assert last_json(capsys) == out
+    assert COMMON <= out.keys() and out["benchmark"] == "generate"
+    assert set(out["results"]) == {"tiny_fp32", "tiny_bf16", "tiny_int8"}
+    for r in out["results"].values():
+        assert r["lmforge_tok_s"] > 0 and r["transformers_tok_s"] > 0 and r["bandwidth_bound_tok_s"] > 0
+    assert out["results"]["tiny_fp32"]["same_tokens"]  # same weights, same greedy tokens as transformers
+    assert out["ratio"] == min(out["ratios"].values())
+
+
+def test_results_markdown(bench, capsys, tmp_path):
+    peak = bench("peak").main(["--smoke", "--threads", "1"])
+    other = {"benchmark": "speedrun", "ratio": 1.2, "ratios": {"a": 1.2}, "threads": 1, "seconds": 3.5}
+    lines = tmp_path / "results.jsonl"
+    lines.write_text("noise\n" + json.dumps(peak) + "\n" + json.dumps(other) + "\n")
+    capsys.readouterr()
+    md = bench("results").main([str(lines)])
+    assert md.startswith("# Benchmark results") and "## peak" in md and "## speedrun" in md
+    assert "memory read GB/s" in md and "| seconds | 3.500 |" in md
