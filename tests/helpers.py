@@ -47,3 +47,14 @@ def tree_digest(folder: Path) -> dict[str, str]:
     """sha256 of every file below ``folder`` (to show nothing was damaged)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_line_errors(main, cases: list[tuple[list[str], str]], folder: Path, capsys) -> None:
+    """Each ``(argv, needle)``: ``main(argv)`` exits 2 with one stderr line holding ``needle``, and
+    ``folder`` holds the same entries as before (no output, no temporary folder left behind)."""
+    before = sorted(p.name for p in folder.iterdir())
+    for argv, needle in cases:
+        code = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("lmforge: error: ") and needle in err[0], (argv, err)
+        assert sorted(p.name for p in folder.iterdir()) == before, argv

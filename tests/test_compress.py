@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from helpers import REPO, make_corpus
+from helpers import REPO, assert_one_line_errors, make_corpus
 from safetensors.torch import load_file
 from test_finetune import make_labelled
 
@@ -175,12 +175,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(runs, int8_lm, tmp_pat
         (["report", "compress", lm, "--out", str(tmp_path / "p.png")], "no compression.json"),
         (["pretrain", "--resume", str(runs / "lm-int8")], "cannot be resumed"),
     ]
-    before = sorted(p.name for p in tmp_path.iterdir())
-    for argv, needle in cases:
-        code = main(argv)
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and err[0].startswith("lmforge: error: ") and needle in err[0], (argv, err)
-        assert sorted(p.name for p in tmp_path.iterdir()) == before, argv  # no OUT, no temporary folder left
+    assert_one_line_errors(main, cases, tmp_path, capsys)  # and no OUT, no temporary folder left
     with pytest.raises(UserError, match="unknown compression method"):
         compress(lm, "fp4", o)
 

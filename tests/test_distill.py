@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO, make_corpus
+from helpers import REPO, assert_one_line_errors, make_corpus
 from test_finetune import make_labelled
 
 from lmforge.__main__ import main
@@ -251,12 +251,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(runs, tmp_path, capsys
         (["compress", c, "--method", "int8", "--out", o, "--train.max_steps=3"], "apply to --method distill"),
         (["compress", "--method", "int8", "--out", o], "give the run directory"),
     ]
-    before = sorted(p.name for p in tmp_path.iterdir())
-    for argv, needle in cases:
-        code = main(argv)
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and err[0].startswith("lmforge: error: ") and needle in err[0], (argv, err)
-        assert sorted(p.name for p in tmp_path.iterdir()) == before, argv  # no OUT, no temporary folder left
+    assert_one_line_errors(main, cases, tmp_path, capsys)  # and no OUT, no temporary folder left
     with pytest.raises(UserError, match="tokenizer mismatch"):
         distill(c, str(tmp_path / "vocab.yaml"), o)
 
