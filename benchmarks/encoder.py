@@ -117,7 +117,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--split", default="test")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="batch 2 x 16 tokens, 1 repeat, no compile, no fine-tuned "
+                    "run (tests; still fetches minilm-l6 and minilm-l6-int8)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.run, args.batch, args.seq, args.repeats, args.no_compile = None, 2, 16, 1, True
     quiet_warnings()
     set_threads(args.threads)
     torch.manual_seed(0)

@@ -69,3 +69,15 @@ def test_results_markdown(bench, capsys, tmp_path):
     md = bench("results").main([str(lines)])
     assert md.startswith("# Benchmark results") and "## peak" in md and "## speedrun" in md
     assert "memory read GB/s" in md and "| seconds | 3.500 |" in md
+
+
+@pytest.mark.data
+def test_encoder_smoke(bench, capsys):
+    """MiniLM (fetched from PyPI) with a random head against transformers and the onnxruntime int8 reference."""
+    out = bench("encoder").main(["--smoke", "--threads", "1"])
+    assert last_json(capsys) == out
+    assert COMMON <= out.keys() and out["benchmark"] == "encoder"
+    assert all(v > 0 for v in out["seq_per_s"].values()) and not out["accuracy"]
+    assert {"lmforge_fp32", "lmforge_int8", "transformers_fp32", "onnxruntime_int8_reference"} <= out["seq_per_s"].keys()
+    assert out["ratio"] == min(out["ratios"]["int8_vs_onnxruntime_int8"], out["ratios"]["fp32_vs_transformers_fp32"],
+                               out["ratios"]["int8_vs_fp32"] / 2)
