@@ -94,6 +94,9 @@ def load_model(run_dir: str | Path, model_id: str) -> ServedModel:
     if cfg.model.name != "gpt":
         raise UserError(f"{run_dir}: a {cfg.model.name} masked-LM run has nothing to serve (completions need a GPT "
                         "language model, classify a fine-tuned classifier)")
+    from lmforge.models.layers import for_decode
+
+    for_decode(model)  # weights laid out for one-token steps, as `lmforge generate` does: same outputs, faster
     return ServedModel(model_id, run_dir, "completion", cfg, model, tok, [], cfg.model.block_size, created)
 
 
