@@ -81,3 +81,22 @@ def test_encoder_smoke(bench, capsys):
     assert {"lmforge_fp32", "lmforge_int8", "transformers_fp32", "onnxruntime_int8_reference"} <= out["seq_per_s"].keys()
     assert out["ratio"] == min(out["ratios"]["int8_vs_onnxruntime_int8"], out["ratios"]["fp32_vs_transformers_fp32"],
                                out["ratios"]["int8_vs_fp32"] / 2)
+
+
+def test_speedrun_smoke(bench, capsys, tmp_path):
+    """Both sides train on a generated corpus (no network); lmforge's time is null exactly when not reached."""
+    from helpers import make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus.txt", lines=600)
+    out = bench("speedrun").main(["--smoke", "--threads", "1", "--data", str(corpus)])
+    assert last_json(capsys) == out
+    assert COMMON <= out.keys() and out["benchmark"] == "speedrun"
+    ref, ours = out["reference"], out["lmforge"]
+    assert ref["curve"] and ours["curve"] and out["ref_val_loss"] == ref["curve"][-1][1] > 0
+    assert ref["tok_per_s"] > 0 and ours["tok_per_s"] > 0 and out["ref_seconds"] >= 3.0
+    if out["reached"]:
+        assert ours["curve"][-1][1] <= out["ref_val_loss"] and out["ratio"] == round(out["ref_seconds"] / out["lmforge_seconds"], 3)
+    else:
+        assert out["lmforge_seconds"] is None and out["ratio"] == 0
+    assert out["ratios"] == {"time_to_ref_loss": out["ratio"]}
+    assert len(list((tmp_path / "speedrun").glob("*/tokenizer.json"))) == 1  # one tokenizer, in the (patched) cache
