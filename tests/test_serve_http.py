@@ -17,7 +17,7 @@ import time
 
 import pytest
 from helpers import REPO, env1
-from test_serve import make_runs
+from serve_helpers import make_runs
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
