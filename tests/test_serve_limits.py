@@ -83,6 +83,22 @@ def test_bad_classify_bodies_and_unknown_things(http):
     assert_error(http.get("/v1/completions"), 405, "method_not_allowed")
 
 
+def test_a_generation_stopped_by_its_deadline_reports_no_finish(slow_models):
+    """The worker stops at the deadline without a "done" event, which could otherwise reach a reader whose
+    own timeout fires at the same moment and pass for a complete answer (seen under load)."""
+    import threading
+    import time
+
+    from lmforge.serve.completion import Job, run_job
+
+    sm = slow_models["slow"]
+    job = Job("slow", [sm.tok.encode("the")], 1, 50, 0.0, None, None, 0, [], stream=True)
+    events: list = []
+    run_job(sm, job, events.append, threading.Event(), deadline=time.monotonic() + 0.15)  # ~7 of 50 tokens
+    kinds = [e[0] for e in events]
+    assert kinds and set(kinds) == {"text"}, kinds
+
+
 def test_timeouts_answer_408(slow_models):
     app = create_app(slow_models, Limits(timeout_s=0.5, max_completion_tokens=5000))
     with running(app) as u, httpx.Client(base_url=u, timeout=30) as c:

@@ -114,6 +114,8 @@ def run_job(sm, job: Job, emit, cancel: threading.Event, deadline: float = float
                         if held:
                             emit(("text", index, "".join(held)))
                         emit(("finish", index, finish))
+                if stopped():  # pieces() ended early, unfinished: no "done" that could beat the timeout to the reader
+                    return
         emit(("done", total))
     except Exception as e:  # noqa: BLE001 - reported to the request, never kills the worker
         emit(("error", e))
