@@ -256,6 +256,13 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def classifier_max_length(self) -> int:
+        """Tokens a fine-tuned classifier reads per text: ``finetune.max_length``, within a Transformer's
+        ``block_size`` (an LSTM has none)."""
+        ft = self.finetune
+        return ft.max_length if self.model.name == "lstm" else min(ft.max_length, self.model.block_size)
+
     @classmethod
     def from_dict(cls, d: Any, source: str = "config") -> "RunConfig":
         return from_dict(d, source)

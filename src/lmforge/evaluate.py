@@ -134,7 +134,7 @@ def evaluate_classifier(cfg, model, tok, run_dir, data: str | None, split: str, 
     ft = cfg.finetune
     names = ft.label_names
     d = load_labelled(data or ft.data, split, text_column or ft.text_column, label_column or ft.label_column, names)
-    max_len = ft.max_length if cfg.model.name == "lstm" else min(ft.max_length, cfg.model.block_size)
+    max_len = cfg.classifier_max_length
     pred = predict_proba(model, tok, d.texts, max_len, device=device).argmax(-1).tolist()
     idx = list(range(len(names)))
     p, r, f, support = precision_recall_fscore_support(d.labels, pred, labels=idx, zero_division=0)
@@ -202,7 +202,7 @@ def predict_texts(run_dir: str | Path, texts: list[str], input_file: str | None 
     texts = list(texts) + (read_texts(input_file, text_column) if input_file else [])
     if not texts:
         raise UserError("predict: no text given (pass texts as arguments or --input FILE)")
-    max_len = cfg.finetune.max_length if cfg.model.name == "lstm" else min(cfg.finetune.max_length, cfg.model.block_size)
+    max_len = cfg.classifier_max_length
     probs = predict_proba(model, tok, texts, max_len, device=device)
     names = cfg.finetune.label_names
     best = probs.max(-1)

@@ -235,12 +235,6 @@ class TeacherBatches:
 
 
 # ----------------------------------------------------------------------------- config
-def _limit(cfg) -> int:
-    """Tokens a classifier run reads at most (its max_length, within a Transformer's block size)."""
-    ft = cfg.finetune
-    return ft.max_length if cfg.model.name == "lstm" else min(ft.max_length, cfg.model.block_size)
-
-
 def student_config(path: str | Path, overrides: dict[str, Any], tcfg, tok, teacher: Path):
     """The student's RunConfig: the recipe at ``path`` plus ``overrides``, with the teacher's data, tokenizer and
     vocabulary. A setting that contradicts the teacher is a UserError naming it."""
@@ -273,7 +267,7 @@ def student_config(path: str | Path, overrides: dict[str, Any], tcfg, tok, teach
                 raise UserError(f"{where}: finetune.{k} {getattr(ft, k)!r} differs from the teacher's "
                                 f"{getattr(tcfg.finetune, k)!r}: a student learns on the teacher's labelled data (drop it)")
         want = ft.max_length if "finetune.max_length" in given else tcfg.finetune.max_length
-        limit = min(want, _limit(tcfg), *(() if cfg.model.name == "lstm" else (cfg.model.block_size,)))
+        limit = min(want, tcfg.classifier_max_length, *(() if cfg.model.name == "lstm" else (cfg.model.block_size,)))
         cfg.finetune = dataclasses.replace(ft, max_length=limit, **{k: getattr(tcfg.finetune, k) for k in DATA_FIELDS})
     else:
         if ft.data or ft.labels:

@@ -186,7 +186,7 @@ def _training_data(cfg, src: Path, tok):
         val = load_labelled(ft.data, "val", ft.text_column, ft.label_column, ft.label_names) if is_registered(ft.data) else None
         if val is None:  # a single file: the same stratified tenth finetune held out
             train, val = stratified_split(train, (0.9, 0.1))
-        max_len = ft.max_length if cfg.model.name == "lstm" else min(ft.max_length, cfg.model.block_size)
+        max_len = cfg.classifier_max_length
         pad = tok.pad_id if tok.pad_id is not None else 0
         batches = ClassifyBatches(encode_texts(tok, train.texts, max_len), train.labels, encode_texts(tok, val.texts, max_len),
                                   val.labels, pad, cfg.train.batch_size, cfg.train.seed, group_by_length=ft.group_by_length)

@@ -89,7 +89,7 @@ def load_model(run_dir: str | Path, model_id: str) -> ServedModel:
         check_no_pickle(ckpt.require_run_dir(cfg.finetune.base))
     created = int((run_dir / ckpt.WEIGHTS).stat().st_mtime)
     if cfg.finetune.labels:
-        max_len = cfg.finetune.max_length if cfg.model.name == "lstm" else min(cfg.finetune.max_length, cfg.model.block_size)
+        max_len = cfg.classifier_max_length
         return ServedModel(model_id, run_dir, "classification", cfg, model, tok, cfg.finetune.label_names, max_len, created)
     if cfg.model.name != "gpt":
         raise UserError(f"{run_dir}: a {cfg.model.name} masked-LM run has nothing to serve (completions need a GPT "
