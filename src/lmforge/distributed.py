@@ -74,8 +74,12 @@ def broadcast_object(obj, info: DistInfo):
     return box[0]
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, clean: bool = False) -> None:
+    """End the process group. ``clean``: every rank got here normally, so wait for all of them first:
+    a rank that tears gloo down while a peer still uses its pairs can abort the peer at exit."""
     if info.enabled and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

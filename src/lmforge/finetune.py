@@ -252,19 +252,22 @@ def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = 
         pretrain_base(cfg.finetune, progress)
     info = distributed.init(resolve_device(cfg.train.device).type)
     existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
+    clean = False  # set once this rank finished normally: only then wait for the others at shutdown
     try:
         if cfg.finetune.base_hf and not Path(cfg.finetune.base_hf).exists():  # a registered model: rank 0 fetches it
             from lmforge.datasets import REGISTRY, get
 
             if cfg.finetune.base_hf in REGISTRY:
                 distributed.main_first(info, lambda: get(cfg.finetune.base_hf))
-        return _run(cfg, run_dir, resume is not None, info, progress)
+        result = _run(cfg, run_dir, resume is not None, info, progress)
+        clean = True
+        return result
     except UserError:
         if resume is None and info.is_main and not (run_dir / ckpt.TRAIN_STATE).exists():
             ckpt.discard_new_files(run_dir, existed)  # a run that failed before training leaves nothing behind
         raise
     finally:
-        distributed.shutdown(info)
+        distributed.shutdown(info, clean)
 
 
 def _run(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) -> dict:

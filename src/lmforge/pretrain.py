@@ -128,6 +128,7 @@ def pretrain(
         raise UserError("data.path: no training data given (pass --data.path NAME|FILE|FOLDER or set data.path in the recipe)")
     objective(cfg)  # fail before anything is written
     info = distributed.init(resolve_device(cfg.train.device).type)
+    clean = False  # set once this rank finished normally: only then wait for the others at shutdown
     try:
         if resume is None:  # every rank has checked the run dir is new before rank 0 writes
             distributed.barrier(info)
@@ -161,6 +162,7 @@ def pretrain(
         if summary.get("val_loss") is not None and not math.isfinite(summary["val_loss"]):
             summary["val_ppl"] = float("inf")
         summary["is_main"] = info.is_main
+        clean = True
         return summary
     finally:
-        distributed.shutdown(info)
+        distributed.shutdown(info, clean)
