@@ -98,5 +98,16 @@ def test_speedrun_smoke(bench, capsys, tmp_path):
         assert ours["curve"][-1][1] <= out["ref_val_loss"] and out["ratio"] == round(out["ref_seconds"] / out["lmforge_seconds"], 3)
     else:
         assert out["lmforge_seconds"] is None and out["ratio"] == 0
+    again = bench("speedrun").main(["--smoke", "--threads", "1", "--data", str(corpus), "--reuse-ref"])
+    assert again["reference"].pop("reused").endswith(".json") and again["reference"] == ref  # the kept run, not a new one
     assert out["ratios"] == {"time_to_ref_loss": out["ratio"]}
     assert len(list((tmp_path / "speedrun").glob("*/tokenizer.json"))) == 1  # one tokenizer, in the (patched) cache
+
+
+def test_profiles_smoke(bench, capsys):
+    out = bench("profiles").main(["--smoke", "--threads", "1", "--steps", "1"])
+    assert last_json(capsys) == out and out["benchmark"] == "profiles"
+    step = out["train_fp32_lmforge"]
+    assert step["ms_per_step"] > 0 and step["shares"]["matmul"] > 0 and step["top_ops"]
+    assert sum(step["shares"].values()) == pytest.approx(1.0, abs=0.02)  # every microsecond in one category
+    assert out["decode_tiny_fp32_transformers"]["ms_per_token"] > 0
