@@ -94,6 +94,39 @@ def test_unstructured_pruning_is_exact_and_recovery_keeps_it(runs):
     assert (runs / "lm-p50r" / "metrics.jsonl").exists() and not (runs / "lm-p50r" / "train_state.safetensors").exists()
 
 
+def test_gradual_masks_follow_the_cubic_schedule_and_never_regrow():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    hook, seen, before = P.GradualMasks(model, 0.6, ramp=8, every=2), [], None
+    for step in range(1, 13):
+        with torch.no_grad():  # a "training step": every weight moves, pruned ones included
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        hook(step)
+        zeros, total = P.sparsity_of(P.prunable(model))
+        seen.append(zeros / total)
+        now = {k: w == 0 for k, w in P.prunable(model).items()}
+        if before is not None:
+            assert all(bool((before[k] & ~now[k]).sum() == 0) for k in now)  # pruned once, pruned for good
+        before = now
+    assert seen[0] == 0.0 and seen[1] == pytest.approx(P.cubic_sparsity(2, 8, 0.6), abs=1e-3)
+    assert all(a <= b for a, b in zip(seen, seen[1:])) and seen[7:] == [pytest.approx(0.6, abs=1e-3)] * 5
+
+
+def test_gradual_pruning_with_distillation_recovery(runs):
+    """A classifier pruned while recovering, learning the unpruned model's outputs: exact sparsity at the end,
+    and the teacher changes what is learned (the same recovery on the labels alone ends elsewhere)."""
+    kw = dict(sparsity=0.5, recover_steps=8, repeats=2, progress=False)
+    r = compress(runs / "clf", "prune", runs / "clf-grad", gradual=True, **kw)
+    assert r["recovery"]["gradual"] and r["recovery"]["distill"] and r["pruned"]["sparsity"] == pytest.approx(0.5, abs=1e-4)
+    compress(runs / "clf", "prune", runs / "clf-grad-ce", gradual=True, recover_distill=False, **kw)
+    _, a, _ = load_run(runs / "clf-grad")
+    _, b, _ = load_run(runs / "clf-grad-ce")
+    wa, wb = P.prunable(a), P.prunable(b)
+    assert P.sparsity_of(wa)[0] == round(0.5 * P.sparsity_of(wa)[1]) and any(not torch.equal(wa[k], wb[k]) for k in wa)
+    assert main(["predict", str(runs / "clf-grad"), "people sing of bread"]) == 0
+
+
 def test_structured_pruning_shrinks_the_matrices_and_reloads(runs, capsys):
     r = compress(runs / "lm", "prune", runs / "lm-heads", sparsity=0.5, structured="heads", repeats=2, progress=False)
     cfg, m, _ = load_run(runs / "lm-heads")
@@ -168,6 +201,9 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(runs, int8_lm, tmp_pat
         (["compress", lm, "--method", "prune", "--out", o], "--sparsity"),
         (["compress", lm, "--method", "fp4", "--out", o], "invalid choice: 'fp4'"),
         (["compress", lm, "--method", "int8", "--sparsity", "0.5", "--out", o], "apply to --method prune"),
+        (["compress", lm, "--method", "prune", "--sparsity", "0.5", "--gradual", "--out", o], "--gradual"),
+        (["compress", lm, "--method", "prune", "--sparsity", "0.5", "--gradual", "--recover-steps", "9", "--structured", "heads",
+          "--out", o], "--gradual"),
         (["compress", str(runs / "lstm"), "--method", "prune", "--sparsity", "0.5", "--structured", "heads", "--out", o], "LSTM"),
         (["compress", str(runs / "lm-int8"), "--method", "int8", "--out", o], "already int8"),
         (["compress", lm, "--method", "int8", "--out", str(tmp_path / "full")], "already exists"),

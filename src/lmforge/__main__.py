@@ -129,7 +129,7 @@ def cmd_compress(args) -> None:
 
         if args.run_dir or not args.teacher or not args.student_config:
             raise UserError("--method distill takes --teacher RUN_DIR and --student-config FILE.yaml (no positional RUN_DIR)")
-        if args.sparsity is not None or args.structured or args.recover_steps or args.recover_lr is not None:
+        if args.sparsity is not None or args.structured or args.recover_steps or args.recover_lr is not None or args.gradual:
             raise UserError("--sparsity, --structured, --recover-steps and --recover-lr apply to --method prune, not distill")
         r = distill(args.teacher, args.student_config, args.out, overrides=args.overrides, data=args.data,
                     split=args.split, max_batches=args.max_batches, repeats=args.repeats)
@@ -139,7 +139,8 @@ def cmd_compress(args) -> None:
         if not args.run_dir:
             raise UserError(f"--method {args.method}: give the run directory to compress (lmforge compress RUN_DIR ...)")
         r = compress(args.run_dir, args.method, args.out, sparsity=args.sparsity, structured=args.structured,
-                     recover_steps=args.recover_steps, recover_lr=args.recover_lr, data=args.data, split=args.split,
+                     recover_steps=args.recover_steps, recover_lr=args.recover_lr, gradual=args.gradual,
+                     recover_distill=args.recover_distill, data=args.data, split=args.split,
                      max_batches=args.max_batches, repeats=args.repeats)
     print(summary_line(r))
 
@@ -260,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prune: remove whole attention heads or MLP neurons (the matrices shrink)")
     co.add_argument("--recover-steps", type=int, default=0, help="prune: then fine-tune N steps on the run's own data and loss (default 0)")
     co.add_argument("--recover-lr", type=float, default=None, help="peak learning rate of the recovery (default: the run's train.lr / 10)")
+    co.add_argument("--gradual", action="store_true",
+                    help="prune: prune during the recovery, from dense to --sparsity over its first half (cubic schedule)")
+    co.add_argument("--recover-distill", action=argparse.BooleanOptionalAction, default=True,
+                    help="prune: the recovery also learns the unpruned model's outputs (soft targets; default on)")
     co.add_argument("--data", default=None, help="data for the metric (default: the run's own validation data)")
     co.add_argument("--split", default="val", choices=["train", "val", "test"], help="split of --data for the metric (default val)")
     co.add_argument("--max-batches", type=int, default=None, help="cap the number of evaluation batches of a language model")

@@ -44,7 +44,7 @@ METHODS = ("int8", "prune")
 STRUCTURES = ("heads", "neurons")
 
 
-def _check_args(method, sparsity, structured, recover_steps, repeats) -> None:
+def _check_args(method, sparsity, structured, recover_steps, repeats, gradual=False) -> None:
     if method not in METHODS:
         raise UserError(f"--method {method}: unknown compression method (expected one of: {', '.join(METHODS)})")
     if method == "prune":
@@ -52,10 +52,13 @@ def _check_args(method, sparsity, structured, recover_steps, repeats) -> None:
             raise UserError(f"--sparsity: expected a fraction strictly between 0 and 1 for --method prune, got {sparsity}")
         if structured not in (None, *STRUCTURES):
             raise UserError(f"--structured {structured}: expected one of {', '.join(STRUCTURES)}")
-    elif sparsity is not None or structured or recover_steps:
-        raise UserError("--sparsity, --structured and --recover-steps apply to --method prune, not int8")
+    elif sparsity is not None or structured or recover_steps or gradual:
+        raise UserError("--sparsity, --structured, --recover-steps and --gradual apply to --method prune, not int8")
     if recover_steps < 0 or repeats < 1:
         raise UserError(f"--recover-steps must be >= 0 and --repeats >= 1 (got {recover_steps}, {repeats})")
+    if gradual and (structured or recover_steps < 2):
+        raise UserError("--gradual prunes during the recovery: it needs --recover-steps of 2 or more and unstructured "
+                        "pruning (no --structured)")
 
 
 def _check_out(src: Path, out: Path) -> None:
@@ -67,16 +70,19 @@ def _check_out(src: Path, out: Path) -> None:
 
 def compress(run_dir: str | Path, method: str, out: str | Path, sparsity: float | None = None,
              structured: str | None = None, recover_steps: int = 0, recover_lr: float | None = None,
-             data: str | None = None, split: str = "val", max_batches: int | None = None, repeats: int = 10,
+             gradual: bool = False, recover_distill: bool = True, data: str | None = None, split: str = "val", max_batches: int | None = None, repeats: int = 10,
              progress: bool = True) -> dict:
     """Compress the run in ``run_dir`` into the new run dir ``out``; returns what compression.json holds.
 
     ``method``: ``int8`` or ``prune`` (with ``sparsity`` in (0, 1), ``structured`` None | heads | neurons,
     ``recover_steps`` fine-tuning steps at peak LR ``recover_lr``, default a tenth of the run's train.lr: a LoRA
-    run's adapter LR, for one, is far too high for all the weights). ``data`` / ``split`` /
+    run's adapter LR, for one, is far too high for all the weights). ``gradual``: start the recovery dense and
+    prune along a cubic schedule over its first half (:class:`prune.GradualMasks`) instead of all at once.
+    ``recover_distill``: the recovery learns the original model's outputs (soft targets, T=2, weight 0.9)
+    beside the labels. ``data`` / ``split`` /
     ``max_batches``: what the metric is computed on (default: the run's own validation data).
     """
-    _check_args(method, sparsity, structured, recover_steps, repeats)
+    _check_args(method, sparsity, structured, recover_steps, repeats, gradual)
     src, out = ckpt.require_run_dir(run_dir), Path(out)
     _check_out(src, out)
     cfg, model, tok = ckpt.load_run(src)
@@ -88,7 +94,8 @@ def compress(run_dir: str | Path, method: str, out: str | Path, sparsity: float 
                         "omit --structured for unstructured pruning")
 
     def write(tmp: Path) -> dict:
-        return _write_run(tmp, src, cfg, model, tok, method, sparsity, structured, recover_steps, recover_lr, progress)
+        return _write_run(tmp, src, cfg, model, tok, method, sparsity, structured, recover_steps, recover_lr, progress,
+                          gradual, recover_distill)
 
     return _build(src, out, write, data, split, max_batches, repeats)
 
@@ -130,7 +137,7 @@ def _plain(model: torch.nn.Module, cfg) -> torch.nn.Module:
 
 
 def _write_run(tmp: Path, src: Path, cfg, model, tok, method, sparsity, structured, recover_steps, recover_lr,
-               progress) -> dict:
+               progress, gradual=False, recover_distill=True) -> dict:
     """Compress ``model`` and write the run files into ``tmp``; returns what was done."""
     from lmforge.config import save_config
 
@@ -156,21 +163,25 @@ def _write_run(tmp: Path, src: Path, cfg, model, tok, method, sparsity, structur
         from lmforge.compress import prune
 
         masks, new.compress.structured = None, structured or ""
+        teacher = copy.deepcopy(model) if recover_steps and recover_distill else None  # the model before pruning
         if structured:
             kept, before = prune.prune_structured(model, structured, sparsity)
             key = "layer_n_head" if structured == "heads" else "layer_n_inner"
             new.model = dataclasses.replace(new.model, **{key: ",".join(map(str, kept))})  # validated again
             new.compress.sparsity = round(1 - sum(kept) / before, 6)
             details["pruned"] = {"structured": structured, "before": before, "after": sum(kept), "per_block": kept}
+        elif gradual:  # pruned while recovering: dense at step 0, the full sparsity half-way
+            masks = prune.GradualMasks(model, sparsity, ramp=recover_steps // 2, every=max(1, recover_steps // 40))
         else:
-            weights = prune.prunable(model)
-            masks = prune.magnitude_masks(weights, sparsity)
+            masks = prune.magnitude_masks(prune.prunable(model), sparsity)
             prune.apply_masks(model, masks)
         if recover_steps:
             lr = recover_lr if recover_lr is not None else cfg.train.lr / 10  # it starts near a trained optimum
-            s = prune.recover(model, cfg, src, tok, recover_steps, lr, tmp, masks, progress)
-            details["recovery"] = {"steps": recover_steps, "lr": lr, "train_loss": s["train_loss"], "val_loss": s["val_loss"]}
+            s = prune.recover(model, cfg, src, tok, recover_steps, lr, tmp, masks, progress, teacher=teacher)
+            details["recovery"] = {"steps": recover_steps, "lr": lr, "gradual": gradual, "distill": teacher is not None,
+                                   **{k: s[k] for k in ("train_loss", "val_loss", "val_accuracy", "seconds") if s.get(k) is not None}}
         if masks is not None:
+            masks = masks.masks if isinstance(masks, prune.GradualMasks) else masks
             zeros, total = prune.sparsity_of(prune.prunable(model))
             new.compress.sparsity = round(zeros / total, 6)
             details["pruned"] = {"structured": None, "weights": total, "zeros": zeros, "sparsity": zeros / total,

@@ -201,10 +201,46 @@ def _training_data(cfg, src: Path, tok):
     return LMBatches(data, cfg.model.block_size, t.batch_size, t.seed, t.eval_batches), lm_loss
 
 
+def cubic_sparsity(step: int, ramp: int, final: float) -> float:
+    """Sparsity at ``step`` of a gradual prune reaching ``final`` at step ``ramp`` (Zhu & Gupta 2017):
+    ``final * (1 - (1 - step / ramp) ** 3)``, fast at first while many small weights are left, then slower.
+
+    >>> [round(cubic_sparsity(s, 4, 0.5), 4) for s in (0, 1, 2, 4, 9)]
+    [0.0, 0.2891, 0.4375, 0.5, 0.5]
+    """
+    return final * (1.0 - (1.0 - min(step, ramp) / ramp) ** 3) if ramp > 0 else final
+
+
+class GradualMasks:
+    """``fit(after_step=...)`` hook pruning ``model`` gradually: every ``every`` steps up to ``ramp`` the
+    magnitude masks are recomputed at :func:`cubic_sparsity`, after re-applying the current ones (so weights
+    pruned before are zero and stay pruned); after every other step the current masks are re-applied. At ``ramp`` the sparsity is ``final`` exactly."""
+
+    def __init__(self, model: nn.Module, final: float, ramp: int, every: int) -> None:
+        self.model, self.final, self.ramp, self.every = model, final, ramp, max(1, every)
+        self.masks: dict[str, Tensor] = {}
+
+    def __call__(self, step: int) -> None:
+        if self.masks:  # first: the step just taken moved pruned weights off zero
+            apply_masks(self.model, self.masks)
+        if step <= self.ramp and (step % self.every == 0 or step == self.ramp):
+            self.masks = magnitude_masks(prunable(self.model), cubic_sparsity(step, self.ramp, self.final))
+            apply_masks(self.model, self.masks)
+
+
 def recover(model: nn.Module, cfg, src: Path, tok, steps: int, lr: float, run_dir: Path,
-            masks: dict[str, Tensor] | None = None, progress: bool = True) -> dict:
+            masks: dict[str, Tensor] | GradualMasks | None = None, progress: bool = True,
+            teacher: nn.Module | None = None, temperature: float = 2.0, alpha: float = 0.9) -> dict:
     """Fine-tune ``model`` in place for ``steps`` steps (LR ``lr``, warmup a tenth of the steps, then the run's
-    schedule), re-applying ``masks`` after each step; ``run_dir`` gets fit()'s metrics.jsonl. Returns fit()'s summary."""
+    schedule), re-applying ``masks`` after each step (or letting a :class:`GradualMasks` prune as it goes);
+    ``run_dir`` gets fit()'s metrics.jsonl. Returns fit()'s summary.
+
+    ``teacher`` (the model before pruning): the loss is :func:`lmforge.compress.distill.distill_loss`, its
+    soft targets at ``temperature`` weighted ``alpha`` against the hard labels. A classifier's teacher
+    outputs are computed once per training example; an LM's for each batch.
+    """
+    import functools
+
     from lmforge import checkpoint as ckpt
     from lmforge.train import fit
 
@@ -213,8 +249,17 @@ def recover(model: nn.Module, cfg, src: Path, tok, steps: int, lr: float, run_di
                                 eval_interval=0, save_interval=steps, log_interval=min(cfg.train.log_interval, steps),
                                 device="cpu", compile=False, num_threads=0)
     model.requires_grad_(True)
-    summary = fit(model, batches, train, run_dir, loss_fn=loss_fn, progress=progress,
-                  after_step=(lambda step: apply_masks(model, masks)) if masks else None)
+    net = model
+    if teacher is not None:
+        from lmforge.compress.distill import Distiller, TeacherBatches, distill_loss
+
+        teacher.eval().requires_grad_(False)
+        batches = TeacherBatches(batches, teacher, False, torch.device("cpu"), cfg.train.dtype,
+                                 cache=bool(cfg.finetune.labels), progress=progress)
+        net, loss_fn = Distiller(model), functools.partial(distill_loss, temperature=temperature, alpha=alpha)
+    hook = masks if isinstance(masks, GradualMasks) else (lambda step: apply_masks(model, masks)) if masks else None
+    summary = fit(net, batches, train, run_dir, loss_fn=loss_fn, progress=progress, after_step=hook,
+                  val_accuracy=bool(cfg.finetune.labels))
     (run_dir / ckpt.TRAIN_STATE).unlink(missing_ok=True)  # resume state of the recovery: not part of the run
     model.eval()
     return summary
