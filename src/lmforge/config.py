@@ -47,17 +47,31 @@ class ModelConfig:
     n_embd: int = F(64, "embedding / residual width")
     dropout: float = F(0.0, "dropout probability (embeddings, attention output, MLP)")
     bias: bool = F(True, "use biases in Linear and LayerNorm layers (GPT-2 does)")
-    pos_emb: str = F("learned", "position embeddings: learned | sinusoidal")
+    pos_emb: str = F("learned", "position embeddings: learned | sinusoidal | rope (gpt: rotary, on q and k in every "
+                                "attention layer; no position table)")
+    rope_theta: float = F(10000.0, "rope: base of the rotary frequencies")
+    norm: str = F("layernorm", "gpt: normalization layers: layernorm | rmsnorm (a gain, no bias)")
+    mlp: str = F("gelu", "gpt: MLP: gelu | swiglu (silu(gate) * up; default width round(8/3 * n_embd) rounded up to "
+                         "a multiple of 64, so about the parameters of gelu's 4 * n_embd) | relu2 (relu(x)^2)")
+    qk_norm: bool = F(False, "gpt: RMSNorm each head's queries and keys before attention (and before rope)")
     tie_weights: bool = F(True, "share the token embedding with the output head")
-    norm_eps: float = F(1e-5, "LayerNorm epsilon")
+    norm_eps: float = F(1e-5, "LayerNorm / RMSNorm epsilon (q / k norms too)")
     type_vocab_size: int = F(2, "bert: number of token types (segment A / B)")
     layer_n_head: str = F("", "heads in each block, comma-separated (set by structured pruning); empty = n_head in "
                               "every block. The head size stays n_embd // n_head")
-    layer_n_inner: str = F("", "MLP width of each block, comma-separated (set by structured pruning); empty = 4 * n_embd")
+    layer_n_inner: str = F("", "MLP width of each block, comma-separated (set by structured pruning); empty = 4 * n_embd "
+                               "(swiglu: see model.mlp)")
 
     def __post_init__(self) -> None:
         _check_choice("model", "name", self.name, ("gpt", "bert", "lstm"))
-        _check_choice("model", "pos_emb", self.pos_emb, ("learned", "sinusoidal"))
+        _check_choice("model", "pos_emb", self.pos_emb, ("learned", "sinusoidal", "rope"))
+        _check_choice("model", "norm", self.norm, ("layernorm", "rmsnorm"))
+        _check_choice("model", "mlp", self.mlp, ("gelu", "swiglu", "relu2"))
+        _check_positive("model", "rope_theta", self.rope_theta)
+        if self.name != "gpt":
+            for k, value in (("pos_emb", "rope"), ("norm", "rmsnorm"), ("mlp", "swiglu"), ("mlp", "relu2"), ("qk_norm", True)):
+                if getattr(self, k) == value:
+                    raise UserError(f"model.{k}: {str(value).lower()} is only for model.name=gpt, not {self.name}")
         for k in ("block_size", "n_layer", "n_head", "n_embd"):
             _check_positive("model", k, getattr(self, k))
         _check_positive("model", "vocab_size", self.vocab_size, allow_zero=True)
@@ -65,6 +79,8 @@ class ModelConfig:
             raise UserError(f"model.dropout: expected a probability in [0, 1), got {self.dropout!r}")
         if self.n_embd % self.n_head:
             raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.pos_emb == "rope" and self.head_size % 2:
+            raise UserError(f"model.pos_emb: rope needs an even head size (model.n_embd / model.n_head), got {self.head_size}")
         for k in ("layer_n_head", "layer_n_inner"):
             _per_layer(k, getattr(self, k), self.n_layer)
 
@@ -77,8 +93,11 @@ class ModelConfig:
         return _per_layer("layer_n_head", self.layer_n_head, self.n_layer)[layer] if self.layer_n_head else self.n_head
 
     def n_inner_at(self, layer: int) -> int:
-        """MLP width of block ``layer`` (``layer_n_inner`` if set, else 4 * n_embd)."""
-        return _per_layer("layer_n_inner", self.layer_n_inner, self.n_layer)[layer] if self.layer_n_inner else 4 * self.n_embd
+        """MLP width of block ``layer``: ``layer_n_inner`` if set, else 4 * n_embd, or for swiglu round(8/3 * n_embd)
+        rounded up to a multiple of 64 (its c_fc then has twice that many outputs: gate and up)."""
+        if self.layer_n_inner:
+            return _per_layer("layer_n_inner", self.layer_n_inner, self.n_layer)[layer]
+        return -(-round(8 * self.n_embd / 3) // 64) * 64 if self.mlp == "swiglu" else 4 * self.n_embd
 
 
 def _per_layer(name: str, text: str, n_layer: int) -> list[int]:
@@ -118,7 +137,8 @@ class TrainConfig:
     max_steps: int = F(100, "optimizer steps to train")
     batch_size: int = F(8, "global batch: sequences per optimizer step, summed over processes and accumulation")
     grad_accum: int = F(1, "micro-batches accumulated per optimizer step (per process)")
-    optimizer: str = F("adamw", "adamw | sgd | rmsprop")
+    optimizer: str = F("adamw", "adamw | sgd | rmsprop | muon (Muon on the Transformer blocks' weight matrices, AdamW "
+                                "with beta1 / beta2 on everything else)")
     lr: float = F(1e-3, "peak learning rate")
     min_lr_ratio: float = F(0.1, "final LR as a fraction of lr (cosine schedules)")
     schedule: str = F("cosine", "LR schedule: cosine | constant | step | cosine_restarts (all after warmup)")
@@ -130,6 +150,9 @@ class TrainConfig:
     beta1: float = F(0.9, "AdamW beta1")
     beta2: float = F(0.95, "AdamW beta2; RMSprop smoothing constant (alpha)")
     momentum: float = F(0.9, "SGD / RMSprop momentum")
+    muon_momentum: float = F(0.95, "muon: momentum of the Muon updates (Nesterov)")
+    muon_lr_scale: float = F(1.0, "muon: LR of the Muon matrices as a multiple of the scheduled LR (their updates are "
+                                  "scaled to AdamW's RMS, so 1 is a fair start)")
     grad_clip: float = F(1.0, "clip the gradient norm to this; 0 = off")
     ema_decay: float = F(0.0, "keep an exponential moving average of the weights (e.g. 0.998): evaluations and the "
                               "saved model use it; 0 = off")
@@ -144,7 +167,7 @@ class TrainConfig:
     num_threads: int = F(0, "CPU threads for torch; 0 = leave torch's default")
 
     def __post_init__(self) -> None:
-        _check_choice("train", "optimizer", self.optimizer, ("adamw", "sgd", "rmsprop"))
+        _check_choice("train", "optimizer", self.optimizer, ("adamw", "sgd", "rmsprop", "muon"))
         _check_choice("train", "schedule", self.schedule, ("cosine", "constant", "step", "cosine_restarts"))
         _check_choice("train", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         for k in ("max_steps", "batch_size", "grad_accum", "step_size", "restart_period", "eval_batches", "save_interval", "log_interval"):
@@ -152,6 +175,9 @@ class TrainConfig:
         for k in ("warmup_steps", "weight_decay", "grad_clip", "eval_interval", "num_threads"):
             _check_positive("train", k, getattr(self, k), allow_zero=True)
         _check_positive("train", "lr", self.lr)
+        _check_positive("train", "muon_lr_scale", self.muon_lr_scale)
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise UserError(f"train.muon_momentum: expected a momentum in [0, 1), got {self.muon_momentum!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"train.ema_decay: expected a decay in [0, 1), got {self.ema_decay!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

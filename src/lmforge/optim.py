@@ -7,30 +7,93 @@ any step can be recomputed after a resume, so there is no scheduler state to sav
 from __future__ import annotations
 
 import math
-from typing import Callable
+import re
+from typing import Any, Callable
 
 import torch
 
 from lmforge.config import TrainConfig
+from lmforge.errors import UserError
+
+_IN_BLOCK = re.compile(r"(^|\.)h\.\d+\.")  # a module inside Transformer block N: transformer.h.N.*, bert.h.N.*
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float,
-                 lr_scale: Callable[[str], float] | None = None) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, lr_scale: Callable[[str], float] | None = None,
+                 select: Callable[[torch.nn.Parameter], bool] | None = None) -> list[dict]:
     """Decay matrices (Linear / Embedding weights), not biases or norm gains (as nanoGPT / GPT-2).
 
     ``lr_scale(name)`` gives a parameter a multiple of the scheduled LR (layer-wise LR decay); groups
-    carry it as ``"lr_scale"`` and :func:`set_lr` applies it.
+    carry it as ``"lr_scale"`` and :func:`set_lr` applies it. ``select(p)``: only the parameters it accepts.
     """
     groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and (select is None or select(p)):
             groups.setdefault((p.dim() >= 2, lr_scale(name) if lr_scale else 1.0), []).append(p)
     return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
             for (decay, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
 
 
+def muon_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What ``optimizer=muon`` trains with Muon: the weights of the ``nn.Linear`` layers inside Transformer
+    blocks (attention and MLP projections). Embeddings, output heads, norms, biases and LoRA adapters are not."""
+    return [m.weight for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and _IN_BLOCK.search(name) and m.weight.requires_grad]
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon (``torch.optim.Muon``) for :func:`muon_matrices`, AdamW for every other parameter, as one optimizer.
+
+    ``param_groups`` lists Muon's groups then AdamW's: the very dicts the two step with, so :func:`set_lr`
+    reaches both. ``state_dict()`` is one standard optimizer state dict over the parameters in that order
+    (what :mod:`lmforge.checkpoint` saves); ``load_state_dict`` hands each optimizer its part.
+    """
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW) -> None:
+        self.optimizers = (muon, adamw)
+        super().__init__([p for opt in self.optimizers for g in opt.param_groups for p in g["params"]], {})
+        self._share_groups()
+
+    def _share_groups(self) -> None:
+        self.param_groups = [g for opt in self.optimizers for g in opt.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": {}, "param_groups": []}
+        offset = 0  # each optimizer numbers its parameters from 0: shift the second past the first
+        for opt in self.optimizers:
+            sd = opt.state_dict()
+            out["state"].update({offset + i: s for i, s in sd["state"].items()})
+            out["param_groups"] += [{**g, "params": [offset + i for i in g["params"]]} for g in sd["param_groups"]]
+            offset += sum(len(g["params"]) for g in sd["param_groups"])
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"optimizer state has {len(groups)} parameter groups, this Muon + AdamW has {len(self.param_groups)}")
+        first = offset = 0
+        for opt in self.optimizers:
+            mine = groups[first : first + len(opt.param_groups)]
+            ids = {i for g in mine for i in g["params"]}
+            opt.load_state_dict({"state": {i - offset: s for i, s in state_dict["state"].items() if i in ids},
+                                 "param_groups": [{**g, "params": [i - offset for i in g["params"]]} for g in mine]})
+            first, offset = first + len(mine), offset + len(ids)
+        self._share_groups()  # load_state_dict gave each optimizer new group dicts
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
                     lr_scale: Callable[[str], float] | None = None) -> torch.optim.Optimizer:
+    if cfg.optimizer == "muon":
+        return _build_muon(model, cfg, lr_scale)
     groups = param_groups(model, cfg.weight_decay, lr_scale)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
@@ -39,6 +102,22 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, alpha=cfg.beta2)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")  # config validation makes this unreachable
+
+
+def _build_muon(model: torch.nn.Module, cfg: TrainConfig, lr_scale: Callable[[str], float] | None) -> MuonAdamW:
+    """Muon's update is scaled to AdamW's RMS (``adjust_lr_fn="match_rms_adamw"``), so both take the scheduled
+    LR (times ``cfg.muon_lr_scale`` for Muon); weight decay is ``cfg.weight_decay`` on all of Muon's matrices."""
+    ids = {id(p) for p in muon_matrices(model)}
+    if not ids:
+        raise UserError("train.optimizer: muon trains the weight matrices of Transformer blocks and this model has no "
+                        "trainable one (an LSTM, or LoRA adapters only); use adamw")
+    muon_groups = param_groups(model, cfg.weight_decay, lr_scale, select=lambda p: id(p) in ids)
+    for g in muon_groups:
+        g["lr_scale"] *= cfg.muon_lr_scale
+    muon = torch.optim.Muon(muon_groups, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+                            adjust_lr_fn="match_rms_adamw")
+    rest = param_groups(model, cfg.weight_decay, lr_scale, select=lambda p: id(p) not in ids)
+    return MuonAdamW(muon, torch.optim.AdamW(rest, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -31,6 +31,24 @@ _BLOCK_KEYS: dict[str, tuple[str, bool, bool]] = {
 # GPT-2 buffers found in older checkpoints (causal mask, -1e4 constant): not weights, ignored on import.
 _HF_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
+# ModelConfig options GPT-2's layout has no counterpart for: (field, value)
+_NOT_IN_GPT2 = (("pos_emb", "rope"), ("norm", "rmsnorm"), ("mlp", "swiglu"), ("mlp", "relu2"), ("qk_norm", True))
+
+
+def not_in_gpt2(cfg: ModelConfig) -> str:
+    """The options of ``cfg`` that GPT-2 cannot represent, e.g. ``'model.pos_emb=rope, model.qk_norm=true'``
+    ('' when it can: learned or sinusoidal positions, LayerNorm, the GELU MLP, no q / k norms).
+
+    >>> not_in_gpt2(ModelConfig(pos_emb="rope", mlp="swiglu"))
+    'model.pos_emb=rope, model.mlp=swiglu'
+    """
+    return ", ".join(f"model.{k}={str(v).lower()}" for k, v in _NOT_IN_GPT2 if getattr(cfg, k) == v)
+
+
+def _check_gpt2_layout(cfg: ModelConfig) -> None:
+    if bad := not_in_gpt2(cfg):
+        raise UserError(f"GPT-2 (Hugging Face GPT2LMHeadModel) cannot represent {bad}; export with --format onnx")
+
 
 def _shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Our key -> our shape, for every tensor of a GPT with ``cfg`` (biases included even if bias=False)."""
@@ -64,7 +82,9 @@ def _key_map(cfg: ModelConfig) -> list[tuple[str, str, bool, bool]]:
 
 
 def gpt_to_hf_state_dict(sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
-    """Our GPT state dict -> a ``GPT2LMHeadModel`` state dict (see the module docstring for the transforms)."""
+    """Our GPT state dict -> a ``GPT2LMHeadModel`` state dict (see the module docstring for the transforms).
+    A config GPT-2 cannot represent (:func:`not_in_gpt2`) raises :class:`UserError`."""
+    _check_gpt2_layout(cfg)
     shapes = _shapes(cfg)
     needed = {ours for ours, _, _, is_bias in _key_map(cfg) if cfg.bias or not is_bias}
     if cfg.pos_emb == "sinusoidal":
@@ -123,6 +143,8 @@ def gpt_from_hf_state_dict(hf_sd: dict[str, Tensor], cfg: ModelConfig) -> dict[s
     """
     if cfg.pos_emb != "learned":
         raise UserError("GPT-2 checkpoints have learned positions: import them with model.pos_emb=learned")
+    if bad := not_in_gpt2(cfg):
+        raise UserError(f"GPT-2 checkpoints have LayerNorms, a GELU MLP and no q / k norms: import them without {bad}")
     hf_sd = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in hf_sd.items()}
     shapes = _shapes(cfg)
     rows = _key_map(cfg)
@@ -163,7 +185,9 @@ def hf_gpt2_config(cfg: ModelConfig, **overrides: Any):  # -> transformers.GPT2C
 
     ``overrides`` set further GPT2Config fields (``bos_token_id``, ``eos_token_id``,
     ``attn_implementation``...); bos / eos default to None since our vocabularies are not GPT-2's.
+    A config GPT-2 cannot represent (:func:`not_in_gpt2`) raises :class:`UserError`.
     """
+    _check_gpt2_layout(cfg)
     from transformers import GPT2Config
 
     kwargs = dict(

@@ -1,7 +1,10 @@
 """GPT: a pre-LayerNorm decoder-only Transformer in the shape of GPT-2 (and nanoGPT's model.py).
 
 Parameter names mirror Hugging Face's GPT-2 (``transformer.wte``, ``transformer.h.0.attn.c_attn``,
-``lm_head``, ...) so that :mod:`lmforge.hf` is a thin key map (plus Conv1D transposes).
+``lm_head``, ...) so that :mod:`lmforge.hf` is a thin key map (plus Conv1D transposes). The defaults
+are GPT-2's layout; ``ModelConfig`` also offers rotary positions (``pos_emb=rope``), RMSNorm
+(``norm=rmsnorm``, same ``ln_*`` names), SwiGLU / relu^2 MLPs (``mlp``, same ``c_fc`` / ``c_proj``)
+and per-head q / k norms (``qk_norm``: ``attn.q_norm`` / ``attn.k_norm``), which GPT-2 cannot hold.
 ``forward`` returns logits; the loss lives in the training code.
 """
 
@@ -13,32 +16,41 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
-from lmforge.models.layers import MLP, CausalSelfAttention, KVCache, sinusoidal_positions
+from lmforge.models.layers import (
+    MLP,
+    CausalSelfAttention,
+    KVCache,
+    norm_layer,
+    rope_table,
+    sinusoidal_positions,
+)
 
 
 class Block(nn.Module):
-    """Pre-LN residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). ``layer`` picks its shape
+    """Pre-norm residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). ``layer`` picks its shape
     when ``cfg.layer_n_head`` / ``layer_n_inner`` set one per block (structured pruning)."""
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head_at(layer), cfg.dropout, cfg.bias, cfg.head_size)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias, n_inner=cfg.n_inner_at(layer))
+        self.ln_1 = norm_layer(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head_at(layer), cfg.dropout, cfg.bias, cfg.head_size,
+                                        qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps)
+        self.ln_2 = norm_layer(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias, n_inner=cfg.n_inner_at(layer), activation=cfg.mlp)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, rope: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, rope)  # (B, T, C)
         x = x + self.mlp(self.ln_2(x))  # (B, T, C)
         return x
 
 
 class GPT(nn.Module):
-    """Token + position embeddings, ``n_layer`` blocks, a final LayerNorm and the output head.
+    """Token (+ position) embeddings, ``n_layer`` blocks, a final norm and the output head.
 
-    Positions are learned (``transformer.wpe``, GPT-2) or a fixed sinusoidal table kept as a
-    non-persistent buffer ``pos_table`` (not in the state dict). With ``tie_weights`` the head shares
-    its weight tensor with ``transformer.wte``.
+    Positions are learned (``transformer.wpe``, GPT-2), a fixed sinusoidal table kept as a
+    non-persistent buffer ``pos_table`` (not in the state dict), or rotary: no position embedding,
+    q and k of every attention layer are rotated by the rows of the non-persistent buffer ``rope``
+    (2, block_size, hs // 2). With ``tie_weights`` the head shares its weight tensor with ``transformer.wte``.
 
     >>> m = GPT(ModelConfig(vocab_size=100, n_layer=2, n_embd=32, n_head=2, block_size=16))
     >>> m(torch.zeros(3, 5, dtype=torch.long)).shape
@@ -57,11 +69,13 @@ class GPT(nn.Module):
                 **({"wpe": nn.Embedding(cfg.block_size, C)} if cfg.pos_emb == "learned" else {}),
                 drop=nn.Dropout(cfg.dropout),
                 h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),
-                ln_f=nn.LayerNorm(C, eps=cfg.norm_eps, bias=cfg.bias),
+                ln_f=norm_layer(cfg.norm, C, cfg.norm_eps, cfg.bias),
             )
         )
         if cfg.pos_emb == "sinusoidal":
             self.register_buffer("pos_table", sinusoidal_positions(cfg.block_size, C), persistent=False)
+        elif cfg.pos_emb == "rope":
+            self.register_buffer("rope", rope_table(cfg.block_size, cfg.head_size, cfg.rope_theta), persistent=False)
         self.lm_head = nn.Linear(C, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
@@ -97,11 +111,15 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {T} tokens{where} exceeds block_size {self.cfg.block_size}")
         if cache is not None and start + T > cache.max_len:
             raise ValueError(f"KV cache full: {start} cached + {T} new tokens > max_len {cache.max_len}")
-        table = self.transformer.wpe.weight if self.cfg.pos_emb == "learned" else self.pos_table
-        pos = table[start : start + T]  # (T, C), broadcast over the batch
-        x = self.transformer.drop(self.transformer.wte(idx) + pos)  # (B, T, C)
+        x, rope = self.transformer.wte(idx), None  # (B, T, C)
+        if self.cfg.pos_emb == "rope":
+            rope = self.rope[:, start : start + T]  # (2, T, hs/2), applied in every attention layer
+        else:
+            table = self.transformer.wpe.weight if self.cfg.pos_emb == "learned" else self.pos_table
+            x = x + table[start : start + T]  # (T, C) broadcast over the batch
+        x = self.transformer.drop(x)  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)  # (B, T, C)
+            x = block(x, cache, i, rope)  # (B, T, C)
         x = self.transformer.ln_f(x)  # (B, T, C)
         if cache is not None:
             cache.advance(T)

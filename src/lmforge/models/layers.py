@@ -1,4 +1,4 @@
-"""Shared Transformer primitives: causal self-attention, MLP, sinusoidal positions, a static KV cache.
+"""Shared Transformer primitives: causal self-attention, MLP, sinusoidal and rotary positions, RMSNorm, a static KV cache.
 
 Model files (``gpt.py`` and later families) build from these; nothing here knows about training.
 Shapes: B batch, T new tokens, C width (n_embd), H heads, hs head size (C // H), L cached length.
@@ -31,6 +31,46 @@ def sinusoidal_positions(T: int, C: int) -> Tensor:
     pe[:, 0::2] = torch.sin(angle)
     pe[:, 1::2] = torch.cos(angle[:, : C // 2])
     return pe.float()
+
+
+def rope_table(T: int, hs: int, theta: float = 10000.0) -> Tensor:
+    """The cos / sin of rotary position embeddings (Su et al., 2021), float32, shape (2, T, hs // 2).
+
+    Position ``pos`` rotates the pair (x[i], x[i + hs/2]) of a head by ``pos * theta^(-2i/hs)``
+    (the half-split layout of GPT-NeoX / Llama); computed in float64 then rounded.
+
+    >>> rope_table(2, 4)[:, 1]
+    tensor([[0.5403, 0.9999],
+            [0.8415, 0.0100]])
+    """
+    inv_freq = theta ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)  # (hs/2,)
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq  # (T, hs/2)
+    return torch.stack((angle.cos(), angle.sin())).float()
+
+
+def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
+    """Rotate x (B, H, T, hs) by ``rope`` (2, T, hs // 2), the :func:`rope_table` rows of its T positions.
+    Computed in x's dtype (the table is cast), so bf16 autocast stays bf16."""
+    cos, sin = rope.to(x.dtype)  # 2 x (T, hs/2)
+    x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, H, T, hs/2)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` over the last dimension that also runs where the fused kernel does not: the gain is cast
+    to the input's dtype (bf16 under autocast), and under ONNX export (opset 17 has no RMSNorm) the formula
+    ``x / sqrt(mean(x^2) + eps) * gain`` is spelled out."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        if torch.onnx.is_in_onnx_export():
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+        return F.rms_norm(x, self.normalized_shape, w, self.eps)
+
+
+def norm_layer(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
+    """``nn.LayerNorm`` (``kind="layernorm"``, with a bias if ``bias``) or :class:`RMSNorm` (``"rmsnorm"``, a gain only)."""
+    return RMSNorm(dim, eps=eps) if kind == "rmsnorm" else nn.LayerNorm(dim, eps=eps, bias=bias)
 
 
 class KVCache:
@@ -112,10 +152,14 @@ class CausalSelfAttention(nn.Module):
 
     ``head_size`` (default n_embd // n_head) is given when heads were pruned: then H * hs < C, and
     ``c_attn`` maps C -> 3 * H * hs, ``c_proj`` H * hs -> C.
+
+    ``qk_norm``: q and k are RMS-normalized per head over hs (``q_norm`` / ``k_norm``, one gain of hs
+    shared by the heads). ``rope`` given to :meth:`forward` rotates q and k after that; the cache holds
+    rotated keys.
     """
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
-                 head_size: int | None = None) -> None:
+                 head_size: int | None = None, qk_norm: bool = False, norm_eps: float = 1e-5) -> None:
         super().__init__()
         assert head_size is not None or n_embd % n_head == 0, "n_embd must be divisible by n_head"
         self.head_size = head_size or n_embd // n_head
@@ -123,9 +167,12 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(n_embd, 3 * D, bias=bias)
         self.c_proj = nn.Linear(D, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
-        self.n_head, self.dropout = n_head, dropout
+        self.n_head, self.dropout, self.qk_norm = n_head, dropout, qk_norm
+        if qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(self.head_size, eps=norm_eps), RMSNorm(self.head_size, eps=norm_eps)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, rope: Tensor | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C); ``rope`` (2, T, hs // 2): the :func:`rope_table` rows of the T positions."""
         B, T, _ = x.shape
         hs = self.head_size
         C = self.n_head * hs  # the attention width (n_embd unless heads were pruned)
@@ -133,6 +180,10 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         p = self.dropout if self.training else 0.0
         start = 0
         if cache is not None:
@@ -158,23 +209,35 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: c_fc (C -> 4C), GELU, c_proj.
+    """Position-wise feed-forward: c_fc (C -> I), activation, c_proj (I -> C), I = ``n_inner`` (default 4C,
+    smaller when neurons were pruned).
 
-    ``approximate="tanh"`` is GPT-2's gelu_new; ``"none"`` the exact erf GELU of BERT. ``n_inner``
-    (default 4C) is smaller when neurons were pruned.
+    ``activation``: ``"gelu"`` (``approximate="tanh"`` is GPT-2's gelu_new, ``"none"`` the exact erf GELU
+    of BERT), ``"relu2"`` (relu(h)^2) or ``"swiglu"``: c_fc maps C -> 2I, gate rows then up rows, and
+    the hidden vector is silu(gate) * up.
     """
 
     def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True, approximate: str = "tanh",
-                 n_inner: int | None = None) -> None:
+                 n_inner: int | None = None, activation: str = "gelu") -> None:
         super().__init__()
         n_inner = n_inner or 4 * n_embd
-        self.c_fc = nn.Linear(n_embd, n_inner, bias=bias)
-        self.gelu = nn.GELU(approximate=approximate)
+        self.activation = activation
+        self.c_fc = nn.Linear(n_embd, 2 * n_inner if activation == "swiglu" else n_inner, bias=bias)
+        if activation == "gelu":
+            self.gelu = nn.GELU(approximate=approximate)
         self.c_proj = nn.Linear(n_inner, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+        h = self.c_fc(x)  # (B, T, I), swiglu (B, T, 2I)
+        if self.activation == "gelu":
+            h = self.gelu(h)
+        elif self.activation == "relu2":
+            h = F.relu(h).square()
+        else:  # swiglu
+            gate, up = h.chunk(2, dim=-1)  # 2 x (B, T, I)
+            h = F.silu(gate) * up
+        return self.dropout(self.c_proj(h))  # (B, T, C)
 
 
 class PackedLinear(nn.Module):
