@@ -206,6 +206,8 @@ def _write_onnx(tmp: Path, run_dir: Path, cfg, model: nn.Module, tok, kind: str)
 # ----------------------------------------------------------------------------- Hugging Face
 def check_hf(kind: str, cfg, model: nn.Module, tok) -> None:
     """Raise a one-line UserError unless a ``transformers`` class computes exactly what ``model`` does."""
+    from lmforge.hf.gpt2 import not_in_gpt2
+
     why = None
     if kind == "lstm-classifier":
         why = "an LSTM classifier has no Hugging Face transformers class"
@@ -218,6 +220,8 @@ def check_hf(kind: str, cfg, model: nn.Module, tok) -> None:
     elif kind == "gpt-classifier" and tok.pad_id in (None, tok.eos_id, tok.bos_id):
         why = ("the tokenizer's pad token is also its bos / eos, so GPT2ForSequenceClassification (which finds the last "
                "token by pad_token_id) would skip the eos the classifier reads")
+    elif kind in ("gpt-lm", "gpt-classifier") and (bad := not_in_gpt2(cfg.model)):
+        why = f"GPT-2 has no {bad}"
     elif getattr(cfg.model, "layer_n_head", "") or getattr(cfg.model, "layer_n_inner", ""):
         why = "per-block head counts / MLP widths (structured pruning) do not fit a GPT-2 / BERT config"
     if why:

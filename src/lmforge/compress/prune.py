@@ -102,8 +102,11 @@ def _head_scores(attn: nn.Module) -> Tensor:
 
 
 def _neuron_scores(mlp: nn.Module) -> Tensor:
-    """(I,) ||c_fc row j|| * ||c_proj column j||."""
-    return torch.linalg.vector_norm(mlp.c_fc.weight.detach(), dim=1) * torch.linalg.vector_norm(mlp.c_proj.weight.detach(), dim=0)
+    """(I,) ||c_fc row j|| * ||c_proj column j|| (swiglu: ||gate row j|| * ||up row j|| * ||c_proj column j||)."""
+    fc = torch.linalg.vector_norm(mlp.c_fc.weight.detach(), dim=1)  # (I,), swiglu (2I,): gate rows | up rows
+    if getattr(mlp, "activation", "gelu") == "swiglu":
+        fc = fc.view(2, -1).prod(0)  # (I,)
+    return fc * torch.linalg.vector_norm(mlp.c_proj.weight.detach(), dim=0)
 
 
 def _select(scores: list[Tensor], n_remove: int) -> list[list[int]]:
@@ -148,7 +151,8 @@ def _shrink_attention(attn: nn.Module, keep: list[int]) -> None:
 
 def _shrink_mlp(mlp: nn.Module, keep: list[int]) -> None:
     idx = torch.tensor(keep)
-    mlp.c_fc, mlp.c_proj = _sub_linear(mlp.c_fc, rows=idx), _sub_linear(mlp.c_proj, cols=idx)
+    rows = torch.cat([idx, idx + mlp.c_proj.in_features]) if getattr(mlp, "activation", "gelu") == "swiglu" else idx
+    mlp.c_fc, mlp.c_proj = _sub_linear(mlp.c_fc, rows=rows), _sub_linear(mlp.c_proj, cols=idx)
 
 
 def prune_structured(model: nn.Module, what: str, sparsity: float) -> tuple[list[int], int]:
