@@ -29,7 +29,7 @@ demo: setup
 
 # Every benchmarks/*.py that is a benchmark (peak first: the others read its figures), each printing one
 # JSON line, collected into runs/bench/results.jsonl; then benchmarks/RESULTS.md is rewritten from them.
-# ~20-30 min on 2 cores. BENCH_ARGS is passed to each (e.g. BENCH_ARGS=--threads=1).
+# ~35-40 min on 2 cores (speedrun.py alone ~17). BENCH_ARGS is passed to each (e.g. BENCH_ARGS=--threads=1).
 BENCH_SKIP := _common peak results baselines load_serve profiles
 BENCHES     = peak $(filter-out $(BENCH_SKIP),$(basename $(notdir $(wildcard benchmarks/*.py))))
 
@@ -37,8 +37,9 @@ bench: setup
 	mkdir -p runs/bench
 	: > runs/bench/results.jsonl
 	failed=""; for b in $(BENCHES); do \
-	  echo "== benchmarks/$$b.py" >&2; \
+	  echo "== benchmarks/$$b.py ($$(date +%H:%M:%S))" >&2; start=$$(date +%s); \
 	  out=$$($(BIN)/python benchmarks/$$b.py $(BENCH_ARGS)) || failed="$$failed $$b"; \
+	  echo "== benchmarks/$$b.py took $$(( $$(date +%s) - start )) s" >&2; \
 	  echo "$$out" | tail -n 1 | tee -a runs/bench/results.jsonl; \
 	done; \
 	$(BIN)/python benchmarks/results.py runs/bench/results.jsonl > benchmarks/RESULTS.md; \

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/results.py runs/bench/results.jsonl > benchmarks/RESULTS.md
 
 ``make bench`` runs every benchmark, appends the last stdout line of each to
-``runs/bench/results.jsonl`` and calls this. Known benchmarks (peak, train, generate, encoder) get a
+``runs/bench/results.jsonl`` and calls this. Known benchmarks (peak, train, generate, encoder, speedrun) get a
 table of their own; any other JSON object with a ``benchmark`` key gets its scalar fields and ratios.
 """
 
@@ -79,6 +79,22 @@ def encoder(r: dict) -> list[str]:
     return lines + table(["variant", "seq/s", "accuracy"], rows) + table(["ratio", "value"], list(r["ratios"].items()))
 
 
+def speedrun(r: dict) -> list[str]:
+    ref, ours = r["reference"], r["lmforge"]
+    rc, oc = ref["config"], ours["config"]
+    rows = [["reference: " + rc["model"], fmt(ref["params"]), f"{rc['n_layer']} x {rc['n_embd']}, ctx {rc['block_size']}",
+             rc["batch"], rc["lr"], ref["tok_per_s"], ref["val_loss"], ref["seconds"]],
+            ["lmforge: " + Path(oc["recipe"]).name, fmt(ours["params"]), f"{oc['n_layer']} x {oc['n_embd']}, ctx {oc['block_size']}",
+             oc["batch"], oc["lr"], ours["tok_per_s"], ours["val_loss"], ours["seconds"]]]
+    lines = [f"{r['data']} ({fmt(r['train_tokens'])} training tokens, {r['vocab_size']}-token BPE), {r['dtype']}; "
+             f"validation loss (nats/token) on {r['eval']['windows']} held-out windows of {r['eval']['context']} tokens, "
+             f"every {r['eval']['every_seconds']} s of training. The reference trains for its budget; lmforge until it "
+             f"reaches the reference's final loss{'' if r['reached'] else ' (not reached within the cap)'}."
+             + (" The reference run was reused from an earlier run (`--reuse-ref`)." if ref.get("reused") else ""), ""]
+    lines += table(["run", "params", "shape", "batch", "lr", "tok/s", "val loss", "seconds to it"], rows)
+    return lines + [f"Time to the reference's loss: **{fmt(r['ratio'])}x** faster.", ""]
+
+
 def generic(r: dict) -> list[str]:
     rows = [[k, v] for k, v in r.items() if isinstance(v, (int, float, str)) and k not in ("benchmark", "ratio")]
     lines = table(["field", "value"], rows)
@@ -87,7 +103,7 @@ def generic(r: dict) -> list[str]:
     return lines
 
 
-RENDER = {"peak": peak, "train": train, "generate": generate, "encoder": encoder}
+RENDER = {"peak": peak, "train": train, "generate": generate, "encoder": encoder, "speedrun": speedrun}
 
 
 def render(records: list[dict]) -> str:

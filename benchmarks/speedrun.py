@@ -16,11 +16,12 @@ mean next-token cross-entropy in nats/token (``lm_loss``), always in float32 wit
    decay to 10%: a schedule over *training time* (the budget is wall clock, not steps). It trains
    for ``--ref-minutes``; its final validation loss is the target. Attention: ``eager`` under bf16,
    ``sdpa`` in fp32 (the faster of the two in each, PERF-NOTES.md).
-2. lmforge: the recipe ``--recipe`` (default ``configs/gpt-zh-demo.yaml``, the peoples-daily demo:
-   5.3M parameters, context 128, batch 32, LR 2e-3, dropout 0.1) run by ``lmforge.train.fit`` in
-   this process, with these overrides only: the shared tokenizer, ``--dtype``, ``--threads``, no
-   checkpoints before the end, and ``max_steps`` / ``warmup_steps`` scaled by ref-minutes / 10 (the
-   recipe's 600 steps are its 10-minute plan). Context and batch differ from the reference by the
+2. lmforge: the recipe ``--recipe`` (default ``configs/gpt-zh-speedrun.yaml``: the demo's 5.3M shape,
+   context 128, batch 32, with rotary positions, RMSNorm, a squared-ReLU MLP, no biases or dropout,
+   Muon, 400 steps) run by ``lmforge.train.fit`` in this process, with these overrides only: the
+   shared tokenizer, ``--dtype``, ``--threads``, no checkpoints before the end, and ``max_steps`` /
+   ``warmup_steps`` scaled by ref-minutes / 10 (a recipe's steps are its plan against a 10-minute
+   reference). Context and batch differ from the reference by the
    recipe's design. It stops at the first evaluation at or below the target, or after ``--cap`` x
    ref-minutes of training (default 1: slower than the reference is a ratio below 1 whatever its value).
 
@@ -208,7 +209,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--ref-minutes", type=float, default=10.0, help="the reference's training budget")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16", help="autocast dtype of both sides")
-    ap.add_argument("--recipe", default=str(_common.ROOT / "configs" / "gpt-zh-demo.yaml"))
+    ap.add_argument("--recipe", default=str(_common.ROOT / "configs" / "gpt-zh-speedrun.yaml"))
     ap.add_argument("--lmforge-steps", type=int, default=0,
                     help="the recipe's max_steps (its LR schedule length); 0 = the recipe's x ref-minutes / 10")
     ap.add_argument("--eval-every", type=float, default=0.0, help="seconds of training between evaluations; "
@@ -239,7 +240,7 @@ def main(argv=None) -> dict:
     evals = list(iter_eval_batches(data.val, context, per, max_batches=math.ceil(args.eval_windows / per)))
     eval_tokens = sum(y.numel() for _, y in evals)
 
-    ref_key = hashlib.sha256(json.dumps([shape, tok_path.parent.name, args.dtype, seconds, every, args.threads,
+    ref_key = hashlib.sha256(json.dumps([shape, tok_path.parent.name, args.dtype, seconds, args.threads,
                                          args.eval_windows, torch.__version__]).encode()).hexdigest()[:12]
     ref_file = _common.CACHE_DIR / "speedrun" / f"ref-{ref_key}.json"
     with LoadMonitor() as mon:

@@ -100,6 +100,8 @@ def test_speedrun_smoke(bench, capsys, tmp_path):
         assert out["lmforge_seconds"] is None and out["ratio"] == 0
     again = bench("speedrun").main(["--smoke", "--threads", "1", "--data", str(corpus), "--reuse-ref"])
     assert again["reference"].pop("reused").endswith(".json") and again["reference"] == ref  # the kept run, not a new one
+    md = bench("results").render([out])
+    assert "## speedrun" in md and "Time to the reference's loss" in md and "| field | value |" not in md
     assert out["ratios"] == {"time_to_ref_loss": out["ratio"]}
     assert len(list((tmp_path / "speedrun").glob("*/tokenizer.json"))) == 1  # one tokenizer, in the (patched) cache
 
