@@ -24,9 +24,9 @@ from _common import emit, machine, quiet_warnings, set_threads
 
 CATEGORIES = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm", "aten::linear", "quantized::linear_dynamic",
-               "mkldnn::", "onednn::", "aten::_weight_int8pack_mm", "aten::baddbmm"),
+               "mkldnn::", "onednn::", "quantized::", "aten::_weight_int8pack_mm", "aten::baddbmm"),
     "attention": ("aten::_scaled_dot_product", "aten::scaled_dot_product"),
-    "optimizer": ("aten::_foreach", "aten::_fused_adamw", "aten::norm", "aten::linalg_vector_norm"),
+    "optimizer": ("aten::_foreach", "aten::_fused_adamw"),
     "copy": ("aten::copy_", "aten::to", "aten::_to_copy", "aten::cat", "aten::clone", "aten::contiguous"),
 }
 
