@@ -4,8 +4,8 @@
 
 The model is a fine-tuned lmforge run (default ``runs/minilm-movies``, made by
 ``lmforge finetune --config configs/sentiment-en-minilm.yaml --out runs/minilm-movies``); without
-one, the registered ``minilm-l6`` encoder with a random 2-label head is timed and no accuracy is
-reported. Every variant runs the same token ids (random, no padding) in this process, alternately,
+one, the registered ``minilm-l6`` encoder with a random 2-label head is timed (written to a
+temporary run dir for the ONNX export) and no accuracy is reported. Every variant runs the same token ids (random, no padding) in this process, alternately,
 median of ``--repeats`` runs after 2 warm-ups:
 
 - lmforge: fp32, bf16 autocast, int8 (``lmforge compress --method int8``: per-channel int8 weights,
@@ -58,6 +58,20 @@ def load_model(run: str | None):
     cfg = RunConfig()
     cfg.model = mcfg
     return cfg, model, tok, False
+
+
+def as_run(cfg, model, tok, folder: Path) -> Path:
+    """``folder`` made a run dir holding ``model`` (the random-head classifier of :func:`load_model`), so that
+    lmforge's own ONNX exporter can read it as it reads a fine-tuned run."""
+    from lmforge.config import save_config
+
+    cfg = copy.deepcopy(cfg)
+    cfg.finetune.labels, cfg.finetune.pooling = "negative,positive", "mean"
+    folder.mkdir(parents=True)
+    ckpt.atomic_write_text(folder / ckpt.CONFIG, save_config(cfg))
+    tok.save(folder / ckpt.TOKENIZER)
+    ckpt.save_weights(folder / ckpt.WEIGHTS, model)
+    return folder
 
 
 def hf_bert(cfg, model):
@@ -154,12 +168,11 @@ def main(argv=None) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="lmforge-encoder-"))
     ort_fns, ort_models = {}, {}
-    if tuned:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        export_run(args.run, "onnx", tmp / "onnx")
-        quantize_dynamic(str(tmp / "onnx" / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
-        ort_models = {"onnxruntime_fp32": tmp / "onnx" / "model.onnx", "onnxruntime_int8": tmp / "model.int8.onnx"}
+    export_run(args.run if tuned else as_run(cfg, model, tok, tmp / "run"), "onnx", tmp / "onnx")
+    quantize_dynamic(str(tmp / "onnx" / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
+    ort_models = {"onnxruntime_fp32": tmp / "onnx" / "model.onnx", "onnxruntime_int8": tmp / "model.int8.onnx"}
     ref = datasets.get("minilm-l6-int8") / "model.onnx"
     ort_models["onnxruntime_int8_reference"] = ref
     feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
