@@ -245,6 +245,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(runs, tmp_path, capsys
         ([*d, "--teacher", c], "--student-config"),
         ([*d, c, "--student-config", ok], "--teacher RUN_DIR"),
         ([*d, "--teacher", c, "--student-config", ok, "--sparsity", "0.5"], "apply to --method prune"),
+        ([*d, "--teacher", c, "--student-config", ok, "--gradual"], "--gradual apply to --method prune"),
         ([*d, "--teacher", c, "--student-config", ok, "--repeats", "0"], "--repeats"),
         ([*d, "--teacher", c, "--student-config", ok, "--out", c], "is the run being compressed"),
         (["compress", c, "--method", "int8", "--out", o, "--teacher", c], "apply to --method distill"),

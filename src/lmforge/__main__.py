@@ -130,7 +130,8 @@ def cmd_compress(args) -> None:
         if args.run_dir or not args.teacher or not args.student_config:
             raise UserError("--method distill takes --teacher RUN_DIR and --student-config FILE.yaml (no positional RUN_DIR)")
         if args.sparsity is not None or args.structured or args.recover_steps or args.recover_lr is not None or args.gradual:
-            raise UserError("--sparsity, --structured, --recover-steps and --recover-lr apply to --method prune, not distill")
+            raise UserError("--sparsity, --structured, --recover-steps, --recover-lr and --gradual apply to --method prune, "
+                            "not distill")
         r = distill(args.teacher, args.student_config, args.out, overrides=args.overrides, data=args.data,
                     split=args.split, max_batches=args.max_batches, repeats=args.repeats)
     else:

@@ -70,8 +70,8 @@ def _check_out(src: Path, out: Path) -> None:
 
 def compress(run_dir: str | Path, method: str, out: str | Path, sparsity: float | None = None,
              structured: str | None = None, recover_steps: int = 0, recover_lr: float | None = None,
-             gradual: bool = False, recover_distill: bool = True, data: str | None = None, split: str = "val", max_batches: int | None = None, repeats: int = 10,
-             progress: bool = True) -> dict:
+             gradual: bool = False, recover_distill: bool = True, data: str | None = None, split: str = "val",
+             max_batches: int | None = None, repeats: int = 10, progress: bool = True) -> dict:
     """Compress the run in ``run_dir`` into the new run dir ``out``; returns what compression.json holds.
 
     ``method``: ``int8`` or ``prune`` (with ``sparsity`` in (0, 1), ``structured`` None | heads | neurons,

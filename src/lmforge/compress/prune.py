@@ -218,7 +218,8 @@ def cubic_sparsity(step: int, ramp: int, final: float) -> float:
 class GradualMasks:
     """``fit(after_step=...)`` hook pruning ``model`` gradually: every ``every`` steps up to ``ramp`` the
     magnitude masks are recomputed at :func:`cubic_sparsity`, after re-applying the current ones (so weights
-    pruned before are zero and stay pruned); after every other step the current masks are re-applied. At ``ramp`` the sparsity is ``final`` exactly."""
+    pruned before are zero and stay pruned); after every other step the current masks are re-applied.
+    At ``ramp`` the sparsity is ``final`` exactly."""
 
     def __init__(self, model: nn.Module, final: float, ramp: int, every: int) -> None:
         self.model, self.final, self.ramp, self.every = model, final, ramp, max(1, every)
