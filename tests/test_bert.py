@@ -169,3 +169,17 @@ def test_mlm_loss_decreases():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+
+
+def test_select_scores_only_the_picked_positions():
+    torch.manual_seed(0)
+    m = build(tiny()).eval()
+    ids = torch.randint(5, V, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    picked = torch.rand(3, 10) < 0.3
+    picked[0, 0] = True  # at least one
+    full = m(ids, mask)
+    sel = m(ids, mask, select=picked)
+    assert sel.shape == (int(picked.sum()), V)
+    torch.testing.assert_close(sel, full[picked], atol=1e-6, rtol=0)

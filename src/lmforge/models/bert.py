@@ -171,8 +171,15 @@ class BertForMaskedLM(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None) -> Tensor:
-        return self.mlm_head(self.bert(idx, attention_mask, token_type_ids))  # (B, T, V)
+    def forward(self, idx: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                select: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V); with ``select`` (bool (B, T)) only those of the selected positions, (N, V) in
+        row-major order: MLM training scores the masked ~15% alone, so the vocabulary-wide head (as costly
+        as the whole encoder at a small width) runs on them only."""
+        h = self.bert(idx, attention_mask, token_type_ids)  # (B, T, C)
+        if select is not None:
+            h = h[select]  # (N, C)
+        return self.mlm_head(h)
 
     def num_params(self, trainable_only: bool = False) -> int:
         """Number of parameters (a tied decoder counts once)."""
