@@ -115,3 +115,9 @@ def test_profiles_smoke(bench, capsys):
     assert step["ms_per_step"] > 0 and step["shares"]["matmul"] > 0 and step["top_ops"]
     assert sum(step["shares"].values()) == pytest.approx(1.0, abs=0.02)  # every microsecond in one category
     assert out["decode_tiny_fp32_transformers"]["ms_per_token"] > 0
+
+
+def test_encoder_layouts_smoke(bench):
+    out = bench("encoder_layouts").main(["--steps", "50", "--threads", "1"])
+    assert set(out["layouts"]) == {"post-LN, learned (BERT)", "post-LN, rope", "pre-LN, learned", "pre-LN, rope"}
+    assert all(set(r["accuracy"]) == {50} and 0.0 <= r["accuracy"][50] <= 1.0 for r in out["layouts"].values())

@@ -183,3 +183,30 @@ def test_select_scores_only_the_picked_positions():
     sel = m(ids, mask, select=picked)
     assert sel.shape == (int(picked.sum()), V)
     torch.testing.assert_close(sel, full[picked], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("pos_emb", ["rope", "learned"])
+def test_pre_ln_and_rotary_encoder(pos_emb):
+    """model.norm_first: pre-LN layers and a final ln_f; pos_emb=rope: no position table, positions still matter."""
+    torch.manual_seed(0)
+    m = BertForMaskedLM(tiny(norm_first=True, pos_emb=pos_emb)).eval()
+    with torch.no_grad():  # attention far from uniform, so positions show
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape) * 0.1)
+    names = set(m.state_dict())
+    assert "bert.ln_f.weight" in names and ("bert.wpe.weight" in names) == (pos_emb == "learned")
+    idx = torch.randint(5, V, (2, 8))
+    with torch.no_grad():
+        h = m.bert(idx)
+        swapped = idx.clone()
+        swapped[:, [2, 5]] = idx[:, [5, 2]]
+        assert not torch.allclose(m.bert(swapped)[:, 0], h[:, 0], atol=1e-4)  # order is seen
+        padded = torch.cat([idx, torch.randint(0, V, (2, 3))], dim=1)  # padding masked out changes nothing
+        mask = torch.cat([torch.ones(2, 8), torch.zeros(2, 3)], dim=1).long()
+        torch.testing.assert_close(m.bert(padded, mask)[:, :8], h, atol=1e-5, rtol=0)
+    post = BertForMaskedLM(tiny(pos_emb=pos_emb))
+    post.load_state_dict({k: v for k, v in m.state_dict().items() if "ln_f" not in k})
+    with torch.no_grad():
+        assert not torch.allclose(post.eval().bert(idx), h, atol=1e-3)  # the same weights, another computation
+    with pytest.raises(Exception, match="norm_first"):
+        ModelConfig(name="gpt", norm_first=True)

@@ -27,6 +27,8 @@ KINDS = {  # name -> (model config fields, finetune config fields or None for a 
     "gpt-odd": (dict(name="gpt", pos_emb="sinusoidal", tie_weights=False, bias=False), None),
     "bert": (dict(name="bert"), None),
     "bert-odd": (dict(name="bert", pos_emb="sinusoidal", tie_weights=False), None),
+    "bert-pre-rope": (dict(name="bert", norm_first=True, pos_emb="rope"), None),  # ELECTRA's encoder layout
+    "bert-pre-rope-clf": (dict(name="bert", norm_first=True, pos_emb="rope"), dict(pooling="concat")),
     "gpt-clf": (dict(name="gpt"), dict(pooling="last")),
     "gpt-clf-mean": (dict(name="gpt"), dict(pooling="mean")),
     "gpt-clf-cls": (dict(name="gpt"), dict(pooling="cls")),
@@ -62,7 +64,8 @@ def padded_batch(tok, names, B=4, T=10, seed=5):
     return ex.sample_inputs(names, tok.vocab_size, tok.pad_id, B, T, torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("kind", ["gpt", "bert", "gpt-clf", "gpt-clf-mean", "gpt-clf-cls", "bert-clf", "lstm"])
+@pytest.mark.parametrize("kind", ["gpt", "bert", "gpt-clf", "gpt-clf-mean", "gpt-clf-cls", "bert-clf", "lstm",
+                                  "bert-pre-rope", "bert-pre-rope-clf"])
 def test_onnx_matches_pytorch_with_dynamic_axes(tmp_path, tok, kind):
     run = make_run(tmp_path / "run", tok, kind)
     before = tree_digest(run)
@@ -140,7 +143,8 @@ def test_hf_gpt_classifier_predicts_like_lmforge(tmp_path, tok):
         torch.testing.assert_close(hf(**batch).logits.softmax(-1), predict_proba(model, tok, texts, 16), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("kind, words", [("lstm", "LSTM"), ("bert-clf", "pooler"), ("gpt-clf-mean", "pooling=mean")])
+@pytest.mark.parametrize("kind, words", [("lstm", "LSTM"), ("bert-clf", "pooler"), ("gpt-clf-mean", "pooling=mean"),
+                                         ("bert-pre-rope", "model.norm_first")])
 def test_hf_refuses_what_it_cannot_represent_and_writes_nothing(tmp_path, tok, kind, words, capsys):
     run = make_run(tmp_path / "run", tok, kind)
     assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "a" / "hf")]) == 2

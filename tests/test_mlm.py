@@ -32,3 +32,29 @@ def test_objective_must_fit_the_model(tmp_path, capsys):
         assert main(["pretrain", "--config", TINY, "--data.path", str(corpus), *extra, "--out", str(tmp_path / "r")]) == 2
         assert needle in capsys.readouterr().err
         assert not (tmp_path / "r").exists()
+
+
+def test_pretraining_batches_score_the_masked_tokens_alone(tmp_path):
+    """pretrain's MLMBatches(select=True) feed the head the masked positions only: same loss as the full logits."""
+    import numpy as np
+    import torch
+
+    from lmforge.config import ModelConfig
+    from lmforge.data import TokenData
+    from lmforge.models import build
+    from lmforge.pretrain import MLMBatches
+    from lmforge.tokenizer import train_tokenizer
+    from lmforge.train import call, lm_loss
+
+    corpus = make_corpus(tmp_path / "corpus.txt", lines=200)
+    tok = train_tokenizer(corpus.read_text().splitlines(), vocab_size=300)
+    ids = np.array(tok.encode(corpus.read_text()), dtype=np.uint16)
+    data = TokenData(train=ids, val=ids, vocab_size=tok.vocab_size, dtype=ids.dtype, meta={})
+    torch.manual_seed(0)
+    model = build(ModelConfig(name="bert", vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32)).eval()
+    full = MLMBatches(data, 32, 8, 0, 2, tok, 0.25)
+    picked = MLMBatches(data, 32, 8, 0, 2, tok, 0.25, form="select")
+    (x, y), (xs, ys) = full.train_batch(3, 0, 8), picked.train_batch(3, 0, 8)
+    assert torch.equal(xs["idx"], x) and torch.equal(ys, y[y != -100]) and 0 < ys.numel() < y.numel()
+    with torch.no_grad():
+        torch.testing.assert_close(lm_loss(call(model, xs), ys), lm_loss(call(model, x), y), atol=1e-5, rtol=0)

@@ -215,7 +215,7 @@ def test_other_run_dirs_that_are_refused(runs, tmp_path, capsys):
     tok = ckpt.load_run(runs["lm"])[2]
     mlm = RunConfig(model=ModelConfig(name="bert", vocab_size=tok.vocab_size, **LM_CFG))
     bert = write_run(tmp_path / "mlm", mlm, tok, build(mlm.model).state_dict())
-    assert "masked-LM run has nothing to serve" in refused(capsys, bert)
+    assert "bert pretraining run has nothing to serve" in refused(capsys, bert)
     assert "given twice" in refused(capsys, runs["lm"], str(runs["lm"]) + "/")
     assert "run directory not found" in refused(capsys, tmp_path / "missing")
     (tmp_path / "torn").mkdir()

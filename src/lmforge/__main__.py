@@ -55,7 +55,7 @@ def cmd_pretrain(args) -> None:
     if s.pop("is_main", True):
         print(
             f"{s['run_dir']}: {s['steps']} steps, {s['tokens']:,} tokens, {s['seconds']:.1f} s, {s['params']:,} params; "
-            f"val loss {s['val_loss']:.4f}, val perplexity {s['val_ppl']:.2f}"
+            f"val loss {s['val_loss']:.4f}" + (f", val perplexity {s['val_ppl']:.2f}" if s.get("val_ppl") else "")
             if s.get("val_loss") is not None
             else f"{s['run_dir']}: {s['steps']} steps"
         )
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output folder (tokenizer.json is written there)")
     t.set_defaults(func=cmd_tokenizer_train)
 
-    pt = verbs.add_parser("pretrain", help="pretrain a causal language model into a run dir (resumable, torchrun-ready)")
+    pt = verbs.add_parser("pretrain", help="pretrain a model into a run dir: GPT (next token), BERT (masked LM) or ELECTRA (replaced tokens); resumable, torchrun-ready")
     pt.add_argument("--config", help="YAML recipe, e.g. configs/gpt-tiny.yaml")
     pt.add_argument("--out", help="run directory to create")
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")

@@ -39,7 +39,8 @@ def _check_positive(section: str, name: str, value: float, allow_zero: bool = Fa
 
 @dataclass
 class ModelConfig:
-    name: str = F("gpt", "model family: gpt (causal decoder) | bert (bidirectional encoder) | lstm (baseline classifier)")
+    name: str = F("gpt", "model family: gpt (causal decoder) | bert (bidirectional encoder) | electra (a bert encoder "
+                         "pretrained by replaced-token detection) | lstm (baseline classifier)")
     vocab_size: int = F(0, "vocabulary size; 0 = take it from the tokenizer")
     block_size: int = F(128, "context length in tokens")
     n_layer: int = F(2, "number of Transformer blocks")
@@ -47,31 +48,38 @@ class ModelConfig:
     n_embd: int = F(64, "embedding / residual width")
     dropout: float = F(0.0, "dropout probability (embeddings, attention output, MLP)")
     bias: bool = F(True, "use biases in Linear and LayerNorm layers (GPT-2 does)")
-    pos_emb: str = F("learned", "position embeddings: learned | sinusoidal | rope (gpt: rotary, on q and k in every "
-                                "attention layer; no position table)")
+    pos_emb: str = F("learned", "position embeddings: learned | sinusoidal | rope (gpt, bert, electra: rotary, on q "
+                                "and k in every attention layer; no position table)")
     rope_theta: float = F(10000.0, "rope: base of the rotary frequencies")
     norm: str = F("layernorm", "gpt: normalization layers: layernorm | rmsnorm (a gain, no bias)")
     mlp: str = F("gelu", "gpt: MLP: gelu | swiglu (silu(gate) * up; default width round(8/3 * n_embd) rounded up to "
                          "a multiple of 64, so about the parameters of gelu's 4 * n_embd) | relu2 (relu(x)^2)")
+    norm_first: bool = F(False, "bert, electra: pre-LN layers (x + attn(ln(x)), a final LayerNorm) instead of BERT's "
+                                "post-LN; trains from scratch at high LRs without a long warmup")
     qk_norm: bool = F(False, "gpt: RMSNorm each head's queries and keys before attention (and before rope)")
     tie_weights: bool = F(True, "share the token embedding with the output head")
     norm_eps: float = F(1e-5, "LayerNorm / RMSNorm epsilon (q / k norms too)")
     type_vocab_size: int = F(2, "bert: number of token types (segment A / B)")
+    generator_layers: int = F(1, "electra: layers of the masked-LM generator (width n_embd, embeddings shared with the "
+                                 "encoder)")
     layer_n_head: str = F("", "heads in each block, comma-separated (set by structured pruning); empty = n_head in "
                               "every block. The head size stays n_embd // n_head")
     layer_n_inner: str = F("", "MLP width of each block, comma-separated (set by structured pruning); empty = 4 * n_embd "
                                "(swiglu: see model.mlp)")
 
     def __post_init__(self) -> None:
-        _check_choice("model", "name", self.name, ("gpt", "bert", "lstm"))
+        _check_choice("model", "name", self.name, ("gpt", "bert", "electra", "lstm"))
+        _check_positive("model", "generator_layers", self.generator_layers)
         _check_choice("model", "pos_emb", self.pos_emb, ("learned", "sinusoidal", "rope"))
         _check_choice("model", "norm", self.norm, ("layernorm", "rmsnorm"))
         _check_choice("model", "mlp", self.mlp, ("gelu", "swiglu", "relu2"))
         _check_positive("model", "rope_theta", self.rope_theta)
-        if self.name != "gpt":
-            for k, value in (("pos_emb", "rope"), ("norm", "rmsnorm"), ("mlp", "swiglu"), ("mlp", "relu2"), ("qk_norm", True)):
-                if getattr(self, k) == value:
-                    raise UserError(f"model.{k}: {str(value).lower()} is only for model.name=gpt, not {self.name}")
+        gpt_only = (("norm", "rmsnorm"), ("mlp", "swiglu"), ("mlp", "relu2"), ("qk_norm", True))
+        if self.norm_first and self.name in ("gpt", "lstm"):
+            raise UserError(f"model.norm_first: only for model.name=bert or electra (a gpt is always pre-LN), not {self.name}")
+        for k, value in (*gpt_only, ("pos_emb", "rope")) if self.name == "lstm" else gpt_only if self.name != "gpt" else ():
+            if getattr(self, k) == value:
+                raise UserError(f"model.{k}: {str(value).lower()} is only for model.name=gpt, not {self.name}")
         for k in ("block_size", "n_layer", "n_head", "n_embd"):
             _check_positive("model", k, getattr(self, k))
         _check_positive("model", "vocab_size", self.vocab_size, allow_zero=True)
@@ -119,15 +127,16 @@ class DataConfig:
     tokenizer: str = F("", "tokenizer.json (or a folder holding one); empty = train one on the data into the run dir")
     vocab_size: int = F(4096, "vocabulary size when a tokenizer is trained")
     val_fraction: float = F(0.05, "share of a local text held out for validation (registry sets have fixed splits)")
-    objective: str = F("auto", "pretraining objective: auto (clm for gpt, mlm for bert) | clm (next token) | mlm (masked tokens)")
-    mask_prob: float = F(0.15, "mlm: share of tokens to predict (80% masked, 10% random, 10% kept)")
+    objective: str = F("auto", "pretraining objective: auto (clm for gpt, mlm for bert, rtd for electra) | clm (next "
+                               "token) | mlm (masked tokens) | rtd (replaced-token detection)")
+    mask_prob: float = F(0.15, "mlm / rtd: share of tokens to mask (80% masked, 10% random, 10% kept)")
 
     def __post_init__(self) -> None:
         if self.vocab_size < 261:
             raise UserError(f"data.vocab_size: expected at least 261 (256 bytes + 5 special tokens), got {self.vocab_size}")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"data.val_fraction: expected a fraction in (0, 1), got {self.val_fraction!r}")
-        _check_choice("data", "objective", self.objective, ("auto", "clm", "mlm"))
+        _check_choice("data", "objective", self.objective, ("auto", "clm", "mlm", "rtd"))
         if not 0.0 < self.mask_prob < 1.0:
             raise UserError(f"data.mask_prob: expected a fraction in (0, 1), got {self.mask_prob!r}")
 

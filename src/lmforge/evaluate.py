@@ -49,6 +49,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
         model = torch.compile(model, dynamic=True)
     if cfg.finetune.labels:
         return evaluate_classifier(cfg, model, tok, run_dir, data, split, text_column, label_column, device)
+    if cfg.model.name == "electra":
+        from lmforge.models.electra import pretraining_only
+
+        raise pretraining_only(run_dir, "evaluate")
     if split not in ("train", "val"):
         from lmforge.errors import UserError
 

@@ -96,6 +96,10 @@ def model_kind(model: nn.Module) -> str:
         return ("gpt" if isinstance(model.backbone, GPT) else "bert") + "-classifier"
     if isinstance(model, LSTMClassifier):
         return "lstm-classifier"
+    if type(model).__name__ == "ElectraForPretraining":
+        from lmforge.models.electra import pretraining_only
+
+        raise pretraining_only("this run", "export")
     raise UserError(f"cannot export a {type(model).__name__}: not a model family lmforge exports")
 
 
@@ -222,6 +226,9 @@ def check_hf(kind: str, cfg, model: nn.Module, tok) -> None:
                "token by pad_token_id) would skip the eos the classifier reads")
     elif kind in ("gpt-lm", "gpt-classifier") and (bad := not_in_gpt2(cfg.model)):
         why = f"GPT-2 has no {bad}"
+    elif kind == "bert-mlm" and (cfg.model.norm_first or cfg.model.pos_emb == "rope"):
+        why = "BERT has " + ("post-LN layers, not model.norm_first" if cfg.model.norm_first else
+                             "position tables, not model.pos_emb=rope")
     elif getattr(cfg.model, "layer_n_head", "") or getattr(cfg.model, "layer_n_inner", ""):
         why = "per-block head counts / MLP widths (structured pruning) do not fit a GPT-2 / BERT config"
     if why:

@@ -16,6 +16,8 @@ Batches are a pure function of (seed, step) as ``fit()`` requires: step s takes 
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import re
 from pathlib import Path
@@ -76,8 +78,9 @@ def load_base(ft: FinetuneConfig) -> tuple[ModelConfig, dict[str, torch.Tensor],
         sd = model.state_dict()
     else:
         return None
-    if mcfg.name == "bert":  # the classifier holds the encoder only
+    if mcfg.name in ("bert", "electra"):  # the classifier holds the encoder only (ELECTRA's: the discriminator)
         sd = {k[len("bert."):]: v for k, v in sd.items() if k.startswith("bert.")}
+        mcfg = dataclasses.replace(mcfg, name="bert")
     return mcfg, sd, tok
 
 

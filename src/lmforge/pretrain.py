@@ -22,7 +22,7 @@ from lmforge.data import TokenData, iter_eval_batches, make_batch, prepare_token
 from lmforge.errors import UserError
 from lmforge.models import build
 from lmforge.tokenizer import Tokenizer, train_tokenizer
-from lmforge.train import fit, resolve_device
+from lmforge.train import fit, lm_loss, resolve_device
 
 
 class LMBatches:
@@ -50,8 +50,12 @@ class MLMBatches(LMBatches):
     seeded by (seed, step) (train) or by the batch index (evaluation: the same masks every time)."""
 
     def __init__(self, data: TokenData, block_size: int, global_batch: int, seed: int, eval_batches: int,
-                 tok: Tokenizer, mask_prob: float):
+                 tok: Tokenizer, mask_prob: float, form: str = "full"):
         super().__init__(data, block_size, global_batch, seed, eval_batches)
+        # full: (inputs, labels (B, T)); select: ({"idx", "select"}, the picked positions' labels (N,)), for
+        # BertForMaskedLM's head on those alone; rtd: ({"idx", "labels"}, labels): ElectraForPretraining's loss
+        assert form in ("full", "select", "rtd"), form
+        self.form = form
         if tok.mask_id is None:
             raise UserError("data.objective=mlm: the tokenizer has no mask token (train one with lmforge, or use a BERT vocabulary)")
         self.mask_id, self.vocab_size, self.specials, self.mask_prob = tok.mask_id, tok.vocab_size, tok.special_ids, mask_prob
@@ -59,7 +63,14 @@ class MLMBatches(LMBatches):
     def _mask(self, x: torch.Tensor, seed: int):
         from lmforge.models.bert import mask_tokens
 
-        return mask_tokens(x, self.mask_id, self.vocab_size, self.specials, torch.Generator().manual_seed(seed), self.mask_prob)
+        inputs, labels = mask_tokens(x, self.mask_id, self.vocab_size, self.specials, torch.Generator().manual_seed(seed),
+                                     self.mask_prob)
+        if self.form == "rtd":
+            return {"idx": inputs, "labels": labels}, labels
+        if self.form == "full":
+            return inputs, labels
+        picked = labels != -100
+        return {"idx": inputs, "select": picked}, labels[picked]
 
     def train_batch(self, step: int, index: int, size: int):
         x, _ = super().train_batch(step, index, size)
@@ -71,12 +82,15 @@ class MLMBatches(LMBatches):
 
 
 def objective(cfg: RunConfig) -> str:
-    """clm or mlm for this config, or a UserError for a model / objective pair that cannot train."""
-    if cfg.model.name not in ("gpt", "bert"):
-        raise UserError(f"model.name: {cfg.model.name!r} cannot be pretrained (gpt or bert; lstm is a classifier for `lmforge finetune`)")
-    obj = cfg.data.objective if cfg.data.objective != "auto" else ("mlm" if cfg.model.name == "bert" else "clm")
-    if (obj == "mlm") != (cfg.model.name == "bert"):
-        raise UserError(f"data.objective={obj} does not fit model.name={cfg.model.name}: clm trains gpt, mlm trains bert")
+    """clm, mlm or rtd for this config, or a UserError for a model / objective pair that cannot train."""
+    natural = {"gpt": "clm", "bert": "mlm", "electra": "rtd"}
+    if cfg.model.name not in natural:
+        raise UserError(f"model.name: {cfg.model.name!r} cannot be pretrained (gpt, bert or electra; lstm is a classifier "
+                        "for `lmforge finetune`)")
+    obj = cfg.data.objective if cfg.data.objective != "auto" else natural[cfg.model.name]
+    if obj != natural[cfg.model.name]:
+        raise UserError(f"data.objective={obj} does not fit model.name={cfg.model.name}: clm trains gpt, mlm trains bert, "
+                        "rtd trains electra")
     return obj
 
 
@@ -151,16 +165,21 @@ def pretrain(
 
         torch.manual_seed(cfg.train.seed)
         model = build(cfg.model)
-        if objective(cfg) == "mlm":
-            batches = MLMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches,
-                                 tok, cfg.data.mask_prob)
-        else:
+        obj, loss_fn = objective(cfg), lm_loss
+        if obj == "clm":
             batches = LMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches)
-        summary = fit(model, batches, cfg.train, run_dir, info=info, progress=progress)
+        else:
+            batches = MLMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches,
+                                 tok, cfg.data.mask_prob, form="select" if obj == "mlm" else "rtd")
+            if obj == "rtd":
+                from lmforge.models.electra import electra_loss as loss_fn
+        summary = fit(model, batches, cfg.train, run_dir, loss_fn=loss_fn, info=info, progress=progress)
         summary["run_dir"] = str(run_dir)
         summary["params"] = sum(p.numel() for p in model.parameters())
         if summary.get("val_loss") is not None and not math.isfinite(summary["val_loss"]):
             summary["val_ppl"] = float("inf")
+        if obj == "rtd":  # the loss is generator CE + DISC_WEIGHT x discriminator BCE: no perplexity
+            summary["val_ppl"] = None
         summary["is_main"] = info.is_main
         clean = True
         return summary

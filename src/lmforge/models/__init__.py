@@ -7,12 +7,13 @@ from torch import nn
 from lmforge.config import ModelConfig
 from lmforge.errors import UserError
 from lmforge.models.bert import BERT, BertForMaskedLM
+from lmforge.models.electra import ElectraForPretraining
 from lmforge.models.gpt import GPT
 from lmforge.models.layers import KVCache
 
-MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": BertForMaskedLM}
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": BertForMaskedLM, "electra": ElectraForPretraining}
 
-__all__ = ["BERT", "GPT", "MODELS", "BertForMaskedLM", "KVCache", "build"]
+__all__ = ["BERT", "GPT", "MODELS", "BertForMaskedLM", "ElectraForPretraining", "KVCache", "build"]
 
 
 def build(cfg: ModelConfig) -> nn.Module:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
-from lmforge.models.layers import MLP, sinusoidal_positions
+from lmforge.models.layers import MLP, apply_rope, rope_table, sinusoidal_positions
 
 
 class SelfAttention(nn.Module):
@@ -52,8 +52,9 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         self.n_head, self.dropout = n_head, dropout
 
-    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
-        """``keep``: bool (B, 1, 1, T), True for keys that may be attended to (None = all)."""
+    def forward(self, x: Tensor, keep: Tensor | None = None, rope: Tensor | None = None) -> Tensor:
+        """``keep``: bool (B, 1, 1, T), True for keys that may be attended to (None = all); ``rope``
+        (2, T, hs // 2): rotary rows that rotate q and k (``pos_emb=rope``)."""
         B, T, _ = x.shape
         hs = self.head_size
         C = self.n_head * hs  # the attention width (n_embd unless heads were pruned)
@@ -61,6 +62,8 @@ class SelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         bias = None
         if keep is not None:  # additive, in q's dtype (autocast): 0 to keep, the dtype's min to drop
             bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
@@ -80,8 +83,13 @@ class Layer(nn.Module):
         self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias, approximate="none", n_inner=cfg.n_inner_at(layer))  # exact erf GELU
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
 
-    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
-        x = self.ln_1(x + self.attn(x, keep))  # (B, T, C)
+        self.norm_first = cfg.norm_first
+
+    def forward(self, x: Tensor, keep: Tensor | None = None, rope: Tensor | None = None) -> Tensor:
+        if self.norm_first:  # pre-LN (model.norm_first): x + attn(ln_1(x)), then x + mlp(ln_2(x))
+            x = x + self.attn(self.ln_1(x), keep, rope)  # (B, T, C)
+            return x + self.mlp(self.ln_2(x))  # (B, T, C)
+        x = self.ln_1(x + self.attn(x, keep, rope))  # (B, T, C)
         x = self.ln_2(x + self.mlp(x))  # (B, T, C)
         return x
 
@@ -106,12 +114,16 @@ class BERT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, C)
         if cfg.pos_emb == "learned":
             self.wpe = nn.Embedding(cfg.block_size, C)
+        elif cfg.pos_emb == "rope":  # rotary positions on q and k of every layer, no position table
+            self.register_buffer("rope", rope_table(cfg.block_size, cfg.head_size, cfg.rope_theta), persistent=False)
         else:
             self.register_buffer("pos_table", sinusoidal_positions(cfg.block_size, C), persistent=False)
         self.wtt = nn.Embedding(cfg.type_vocab_size, C)
         self.ln_e = nn.LayerNorm(C, eps=cfg.norm_eps, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Layer(cfg, i) for i in range(cfg.n_layer))
+        if cfg.norm_first:  # pre-LN layers leave the residual stream unnormalised: one LayerNorm at the end
+            self.ln_f = nn.LayerNorm(C, eps=cfg.norm_eps, bias=cfg.bias)
 
     def forward(self, idx: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None) -> Tensor:
         """Hidden states (B, T, C) for ids ``idx`` (B, T); ``attention_mask`` (B, T): 1 = token, 0 = pad."""
@@ -121,13 +133,19 @@ class BERT(nn.Module):
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if t is not None and tuple(t.shape) != (B, T):
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {(B, T)} like the token ids")
-        pos = self.wpe.weight[:T] if self.cfg.pos_emb == "learned" else self.pos_table[:T]  # (T, C)
+        pos, rope = 0.0, None
+        if self.cfg.pos_emb == "learned":
+            pos = self.wpe.weight[:T]  # (T, C)
+        elif self.cfg.pos_emb == "rope":
+            rope = self.rope[:, :T]  # (2, T, hs / 2)
+        else:
+            pos = self.pos_table[:T]  # (T, C)
         types = self.wtt(token_type_ids) if token_type_ids is not None else self.wtt.weight[0]  # (B, T, C) | (C,)
         x = self.drop(self.ln_e(self.wte(idx) + pos + types))  # (B, T, C)
         keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         for layer in self.h:
-            x = layer(x, keep)  # (B, T, C)
-        return x
+            x = layer(x, keep, rope)  # (B, T, C)
+        return self.ln_f(x) if self.cfg.norm_first else x
 
 
 class MLMHead(nn.Module):

@@ -92,7 +92,7 @@ def load_model(run_dir: str | Path, model_id: str) -> ServedModel:
         max_len = cfg.classifier_max_length
         return ServedModel(model_id, run_dir, "classification", cfg, model, tok, cfg.finetune.label_names, max_len, created)
     if cfg.model.name != "gpt":
-        raise UserError(f"{run_dir}: a {cfg.model.name} masked-LM run has nothing to serve (completions need a GPT "
+        raise UserError(f"{run_dir}: a {cfg.model.name} pretraining run has nothing to serve (completions need a GPT "
                         "language model, classify a fine-tuned classifier)")
     from lmforge.models.layers import for_decode
 
