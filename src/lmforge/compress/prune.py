@@ -252,7 +252,8 @@ def recover(model: nn.Module, cfg, src: Path, tok, steps: int, lr: float, run_di
     batches, loss_fn = _training_data(cfg, src, tok)
     train = dataclasses.replace(cfg.train, max_steps=steps, lr=lr, warmup_steps=min(cfg.train.warmup_steps, steps // 10),
                                 eval_interval=0, save_interval=steps, log_interval=min(cfg.train.log_interval, steps),
-                                device="cpu", compile=False, num_threads=0)
+                                device="cpu", compile=False, num_threads=0,
+                                ema_decay=0.0)  # fit() would hand back the weights' average, masks not applied
     model.requires_grad_(True)
     net = model
     if teacher is not None:
