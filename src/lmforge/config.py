@@ -77,9 +77,11 @@ class ModelConfig:
         gpt_only = (("norm", "rmsnorm"), ("mlp", "swiglu"), ("mlp", "relu2"), ("qk_norm", True))
         if self.norm_first and self.name in ("gpt", "lstm"):
             raise UserError(f"model.norm_first: only for model.name=bert or electra (a gpt is always pre-LN), not {self.name}")
-        for k, value in (*gpt_only, ("pos_emb", "rope")) if self.name == "lstm" else gpt_only if self.name != "gpt" else ():
+        not_here = () if self.name == "gpt" else gpt_only + ((("pos_emb", "rope"),) if self.name == "lstm" else ())
+        for k, value in not_here:
             if getattr(self, k) == value:
-                raise UserError(f"model.{k}: {str(value).lower()} is only for model.name=gpt, not {self.name}")
+                where = "gpt, bert or electra" if k == "pos_emb" else "gpt"
+                raise UserError(f"model.{k}: {str(value).lower()} is only for model.name={where}, not {self.name}")
         for k in ("block_size", "n_layer", "n_head", "n_embd"):
             _check_positive("model", k, getattr(self, k))
         _check_positive("model", "vocab_size", self.vocab_size, allow_zero=True)

@@ -17,7 +17,6 @@ Batches are a pure function of (seed, step) as ``fit()`` requires: step s takes 
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import re
 from pathlib import Path

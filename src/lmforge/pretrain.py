@@ -57,7 +57,8 @@ class MLMBatches(LMBatches):
         assert form in ("full", "select", "rtd"), form
         self.form = form
         if tok.mask_id is None:
-            raise UserError("data.objective=mlm: the tokenizer has no mask token (train one with lmforge, or use a BERT vocabulary)")
+            raise UserError(f"data.objective={'rtd' if form == 'rtd' else 'mlm'}: the tokenizer has no mask token (train one "
+                            "with lmforge, or use a BERT vocabulary)")
         self.mask_id, self.vocab_size, self.specials, self.mask_prob = tok.mask_id, tok.vocab_size, tok.special_ids, mask_prob
 
     def _mask(self, x: torch.Tensor, seed: int):
