@@ -59,6 +59,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not empty; export into a new or empty folder (nothing is overwritten)")
     cfg, model, tok = load_run(run_dir)
+    if cfg.model.name == "electra":
+        from lmforge.models.electra import pretraining_only
+
+        raise pretraining_only(run_dir, "export")
     if getattr(getattr(cfg, "compress", None), "quantize", ""):
         raise UserError(f"{run_dir}: int8-quantized runs cannot be exported yet; export the float run it was made from")
     from lmforge.lora import merge_lora
@@ -96,10 +100,6 @@ def model_kind(model: nn.Module) -> str:
         return ("gpt" if isinstance(model.backbone, GPT) else "bert") + "-classifier"
     if isinstance(model, LSTMClassifier):
         return "lstm-classifier"
-    if type(model).__name__ == "ElectraForPretraining":
-        from lmforge.models.electra import pretraining_only
-
-        raise pretraining_only("this run", "export")
     raise UserError(f"cannot export a {type(model).__name__}: not a model family lmforge exports")
 
 
