@@ -120,7 +120,12 @@ def test_pretrain_then_finetune_its_discriminator(tmp_path, capsys):
                  "--data.path",
                  str(corpus), "--data.mask_prob=0.25", "--train.max_steps=150", "--train.warmup_steps=20",
                  "--train.eval_interval=50", "--train.lr=2e-3", "--out", str(run)]) == 0
-    assert len([r for r in ckpt.read_metrics(run) if r["split"] == "val"]) == 3
+    vals = [r for r in ckpt.read_metrics(run) if r["split"] == "val"]
+    assert len(vals) == 3
+    for r in vals:  # the two parts are logged beside the combined loss
+        assert r["loss"] == pytest.approx(r["generator_loss"] + DISC_WEIGHT * r["discriminator_loss"])
+        assert 0.5 < r["discriminator_accuracy"] <= 1.0, r
+    assert vals[-1]["generator_loss"] < vals[0]["generator_loss"]
     assert "perplexity" not in capsys.readouterr().out  # the loss is CE + 50 x BCE: no perplexity
     # both parts learned, against the same model untrained: the generator's CE fell well below ln V and the
     # discriminator's BCE below ln 2 (in 150 tiny steps, to about what the share of replaced tokens gives)
@@ -151,11 +156,13 @@ def test_pretrain_then_finetune_its_discriminator(tmp_path, capsys):
     for argv, needle in [(["evaluate", str(run)], "nothing to evaluate"),
                          (["compress", str(run), "--method", "int8", "--out", str(tmp_path / "q")], "nothing to compress"),
                          (["export", str(run), "--format", "onnx", "--out", str(tmp_path / "x")], "nothing to export"),
+                         (["compress", "--method", "distill", "--teacher", str(run), "--student-config", TINY,
+                           "--out", str(tmp_path / "s")], "nothing to teach"),
                          (["generate", str(run), "--prompt", "the"], "causal language model")]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and "Traceback" not in err, err
-    assert not (tmp_path / "q").exists() and not (tmp_path / "x").exists()
+    assert not any((tmp_path / d).exists() for d in ("q", "x", "s"))
 
 
 def test_objective_must_fit_electra(tmp_path, capsys):

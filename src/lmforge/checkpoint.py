@@ -263,11 +263,13 @@ def require_run_dir(path: str | Path) -> Path:
     return p
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", verb: str | None = None):
     """-> (RunConfig, model in eval mode with the run's weights, Tokenizer). Errors name the file.
 
     A language-model run gives its LM; a fine-tuned run (``finetune.labels`` set) its classifier, with
-    a LoRA run's adapters put back onto its base model.
+    a LoRA run's adapters put back onto its base model. ``verb``: what the caller will do with the model
+    ("export", "compress", ...); given, an ELECTRA pretraining run, which has no usable model of its own
+    (only ``finetune --base`` reads it), is refused in one line naming the run and the verb.
     """
     from lmforge.config import from_dict, load_yaml
     from lmforge.models import build
@@ -275,6 +277,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
 
     run_dir = require_run_dir(run_dir)
     cfg = from_dict(load_yaml(run_dir / CONFIG), str(run_dir / CONFIG))
+    if verb and cfg.model.name == "electra":
+        from lmforge.models.electra import pretraining_only
+
+        raise pretraining_only(run_dir, verb)
     tok = Tokenizer.load(run_dir / TOKENIZER)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = tok.vocab_size

@@ -44,15 +44,11 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
     A classifier: accuracy, precision / recall / F1 and the confusion matrix on ``data`` (default: its own).
     ``compile``: run the model through ``torch.compile`` (dynamic shapes; pays off for int8 runs, whose
     quantize / rescale passes it fuses, and for large evaluation sets)."""
-    cfg, model, tok = ckpt.load_run(run_dir, device)
+    cfg, model, tok = ckpt.load_run(run_dir, device, verb="evaluate")
     if compile:
         model = torch.compile(model, dynamic=True)
     if cfg.finetune.labels:
         return evaluate_classifier(cfg, model, tok, run_dir, data, split, text_column, label_column, device)
-    if cfg.model.name == "electra":
-        from lmforge.models.electra import pretraining_only
-
-        raise pretraining_only(run_dir, "evaluate")
     if split not in ("train", "val"):
         from lmforge.errors import UserError
 

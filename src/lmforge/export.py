@@ -58,11 +58,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
     run_dir, out = require_run_dir(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not empty; export into a new or empty folder (nothing is overwritten)")
-    cfg, model, tok = load_run(run_dir)
-    if cfg.model.name == "electra":
-        from lmforge.models.electra import pretraining_only
-
-        raise pretraining_only(run_dir, "export")
+    cfg, model, tok = load_run(run_dir, verb="export")
     if getattr(getattr(cfg, "compress", None), "quantize", ""):
         raise UserError(f"{run_dir}: int8-quantized runs cannot be exported yet; export the float run it was made from")
     from lmforge.lora import merge_lora

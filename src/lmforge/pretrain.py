@@ -172,9 +172,10 @@ def pretrain(
         else:
             batches = MLMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches,
                                  tok, cfg.data.mask_prob, form="select" if obj == "mlm" else "rtd")
-            if obj == "rtd":
-                from lmforge.models.electra import electra_loss as loss_fn
-        summary = fit(model, batches, cfg.train, run_dir, loss_fn=loss_fn, info=info, progress=progress)
+        evaluator = None
+        if obj == "rtd":
+            from lmforge.models.electra import electra_loss as loss_fn, evaluate_electra as evaluator
+        summary = fit(model, batches, cfg.train, run_dir, loss_fn=loss_fn, info=info, progress=progress, evaluator=evaluator)
         summary["run_dir"] = str(run_dir)
         summary["params"] = sum(p.numel() for p in model.parameters())
         if summary.get("val_loss") is not None and not math.isfinite(summary["val_loss"]):

@@ -186,6 +186,7 @@ def fit(
     lr_scale: Callable[[str], float] | None = None,
     after_step: Callable[[int], None] | None = None,
     val_accuracy: bool = False,
+    evaluator: Callable[..., tuple[float, dict[str, float]]] | None = None,
 ) -> dict:
     """Train ``model`` in place; resume from ``run_dir`` if it holds a training state.
 
@@ -194,6 +195,9 @@ def fit(
     ``after_step(step)`` runs after each optimizer step, before any evaluation or checkpoint (pruning
     re-applies its masks there, so saved weights keep their zeros). ``val_accuracy``: classifiers
     also log the validation accuracy at each evaluation (metrics.jsonl ``accuracy``, summary ``val_accuracy``).
+    ``evaluator(model, eval_batches, device, dtype, info) -> (val loss, {name: value})`` replaces the plain
+    validation loss for models with more to report (ELECTRA: its two losses and the discriminator's
+    accuracy); each name is logged beside the loss and lands in the summary as ``val_<name>``.
     Returns a summary: steps, tokens, seconds, final train loss, val loss and perplexity.
     """
     run_dir = Path(run_dir)
@@ -316,16 +320,20 @@ def fit(
                                               "elapsed": round(elapsed_before + now - t0, 3)})
                 window_t, window_tokens = now, 0
             if (cfg.eval_interval and done % cfg.eval_interval == 0) or done == cfg.max_steps:
-                with averaged(model):
-                    val = evaluate_loss(model, batches.eval_batches(), loss_fn, device, cfg.dtype, info, val_accuracy)
                 record: dict[str, float] = {}
-                if val_accuracy:
-                    val, acc = val
-                    record["accuracy"] = summary["val_accuracy"] = acc
-                summary.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)))
+                with averaged(model):
+                    if evaluator is not None:
+                        val, record = evaluator(model, batches.eval_batches(), device, cfg.dtype, info)
+                    elif val_accuracy:
+                        val, record["accuracy"] = evaluate_loss(model, batches.eval_batches(), loss_fn, device,
+                                                                cfg.dtype, info, with_accuracy=True)
+                    else:
+                        val = evaluate_loss(model, batches.eval_batches(), loss_fn, device, cfg.dtype, info)
+                summary.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)), **{f"val_{k}": v for k, v in record.items()})
                 if info.is_main:
                     ckpt.append_metrics(run_dir, {"step": done, "split": "val", "loss": val, "ppl": summary["val_ppl"], **record})
-                    extra = f", val accuracy {record['accuracy']:.4f}" if record else f", val ppl {summary['val_ppl']:.2f}"
+                    extra = "".join(f", val {k.replace('_', ' ')} {v:.4f}" for k, v in record.items()) \
+                        if record else f", val ppl {summary['val_ppl']:.2f}"
                     bar.write(f"step {done}: train loss {loss_val:.4f}, val loss {val:.4f}{extra}", file=sys.stderr)
             if done % cfg.save_interval == 0 or done == cfg.max_steps:
                 save(done, elapsed_before + time.perf_counter() - t0)

@@ -85,11 +85,7 @@ def compress(run_dir: str | Path, method: str, out: str | Path, sparsity: float 
     _check_args(method, sparsity, structured, recover_steps, repeats, gradual)
     src, out = ckpt.require_run_dir(run_dir), Path(out)
     _check_out(src, out)
-    cfg, model, tok = ckpt.load_run(src)
-    if cfg.model.name == "electra":
-        from lmforge.models.electra import pretraining_only
-
-        raise pretraining_only(src, "compress")
+    cfg, model, tok = ckpt.load_run(src, verb="compress")
     if cfg.compress.quantize:
         raise UserError(f"{src}: already {cfg.compress.quantize}-quantized; compress its source run instead "
                         f"({cfg.compress.source or 'unknown'})")

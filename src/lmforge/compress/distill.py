@@ -297,11 +297,7 @@ def distill(teacher: str | Path, student_config_path: str | Path, out: str | Pat
         raise UserError(f"--repeats must be >= 1 (got {repeats})")
     src, out = ckpt.require_run_dir(teacher), Path(out)
     _check_out(src, out)
-    tcfg, tmodel, tok = ckpt.load_run(src)
-    if tcfg.model.name == "electra":
-        from lmforge.models.electra import pretraining_only
-
-        raise pretraining_only(src, "teach")
+    tcfg, tmodel, tok = ckpt.load_run(src, verb="teach")
     cfg = student_config(student_config_path, overrides or {}, tcfg, tok, src)
 
     def write(tmp: Path) -> dict:
