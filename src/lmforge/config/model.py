@@ -1,0 +1,94 @@
+"""``model:``: the architecture of every family (gpt, bert, electra, lstm), validated as a whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmforge.config.fields import F, check_choice, check_positive
+from lmforge.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = F("gpt", "model family: gpt (causal decoder) | bert (bidirectional encoder) | electra (a bert encoder "
+                         "pretrained by replaced-token detection) | lstm (baseline classifier)")
+    vocab_size: int = F(0, "vocabulary size; 0 = take it from the tokenizer")
+    block_size: int = F(128, "context length in tokens")
+    n_layer: int = F(2, "number of Transformer blocks")
+    n_head: int = F(2, "attention heads per block")
+    n_embd: int = F(64, "embedding / residual width")
+    dropout: float = F(0.0, "dropout probability (embeddings, attention output, MLP)")
+    bias: bool = F(True, "use biases in Linear and LayerNorm layers (GPT-2 does)")
+    pos_emb: str = F("learned", "position embeddings: learned | sinusoidal | rope (gpt, bert, electra: rotary, on q "
+                                "and k in every attention layer; no position table)")
+    rope_theta: float = F(10000.0, "rope: base of the rotary frequencies")
+    norm: str = F("layernorm", "gpt: normalization layers: layernorm | rmsnorm (a gain, no bias)")
+    mlp: str = F("gelu", "gpt: MLP: gelu | swiglu (silu(gate) * up; default width round(8/3 * n_embd) rounded up to "
+                         "a multiple of 64, so about the parameters of gelu's 4 * n_embd) | relu2 (relu(x)^2)")
+    norm_first: bool = F(False, "bert, electra: pre-LN layers (x + attn(ln(x)), a final LayerNorm) instead of BERT's "
+                                "post-LN; trains from scratch at high LRs without a long warmup")
+    qk_norm: bool = F(False, "gpt: RMSNorm each head's queries and keys before attention (and before rope)")
+    tie_weights: bool = F(True, "share the token embedding with the output head")
+    norm_eps: float = F(1e-5, "LayerNorm / RMSNorm epsilon (q / k norms too)")
+    type_vocab_size: int = F(2, "bert: number of token types (segment A / B)")
+    generator_layers: int = F(1, "electra: layers of the masked-LM generator (width n_embd, embeddings shared with the "
+                                 "encoder)")
+    layer_n_head: str = F("", "heads in each block, comma-separated (set by structured pruning); empty = n_head in "
+                              "every block. The head size stays n_embd // n_head")
+    layer_n_inner: str = F("", "MLP width of each block, comma-separated (set by structured pruning); empty = 4 * n_embd "
+                               "(swiglu: see model.mlp)")
+
+    def __post_init__(self) -> None:
+        check_choice("model", "name", self.name, ("gpt", "bert", "electra", "lstm"))
+        check_positive("model", "generator_layers", self.generator_layers)
+        check_choice("model", "pos_emb", self.pos_emb, ("learned", "sinusoidal", "rope"))
+        check_choice("model", "norm", self.norm, ("layernorm", "rmsnorm"))
+        check_choice("model", "mlp", self.mlp, ("gelu", "swiglu", "relu2"))
+        check_positive("model", "rope_theta", self.rope_theta)
+        gpt_only = (("norm", "rmsnorm"), ("mlp", "swiglu"), ("mlp", "relu2"), ("qk_norm", True))
+        if self.norm_first and self.name in ("gpt", "lstm"):
+            raise UserError(f"model.norm_first: only for model.name=bert or electra (a gpt is always pre-LN), not {self.name}")
+        not_here = () if self.name == "gpt" else gpt_only + ((("pos_emb", "rope"),) if self.name == "lstm" else ())
+        for k, value in not_here:
+            if getattr(self, k) == value:
+                where = "gpt, bert or electra" if k == "pos_emb" else "gpt"
+                raise UserError(f"model.{k}: {str(value).lower()} is only for model.name={where}, not {self.name}")
+        for k in ("block_size", "n_layer", "n_head", "n_embd"):
+            check_positive("model", k, getattr(self, k))
+        check_positive("model", "vocab_size", self.vocab_size, allow_zero=True)
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.n_embd % self.n_head:
+            raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.pos_emb == "rope" and self.head_size % 2:
+            raise UserError(f"model.pos_emb: rope needs an even head size (model.n_embd / model.n_head), got {self.head_size}")
+        for k in ("layer_n_head", "layer_n_inner"):
+            _per_layer(k, getattr(self, k), self.n_layer)
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def n_head_at(self, layer: int) -> int:
+        """Heads in block ``layer`` (``layer_n_head`` if set, else ``n_head``)."""
+        return _per_layer("layer_n_head", self.layer_n_head, self.n_layer)[layer] if self.layer_n_head else self.n_head
+
+    def n_inner_at(self, layer: int) -> int:
+        """MLP width of block ``layer``: ``layer_n_inner`` if set, else 4 * n_embd, or for swiglu round(8/3 * n_embd)
+        rounded up to a multiple of 64 (its c_fc then has twice that many outputs: gate and up)."""
+        if self.layer_n_inner:
+            return _per_layer("layer_n_inner", self.layer_n_inner, self.n_layer)[layer]
+        return -(-round(8 * self.n_embd / 3) // 64) * 64 if self.mlp == "swiglu" else 4 * self.n_embd
+
+
+def _per_layer(name: str, text: str, n_layer: int) -> list[int]:
+    """'4,3' -> [4, 3]: one positive integer per block (an empty string gives [])."""
+    if not text:
+        return []
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != n_layer or min(values, default=0) < 1:
+        raise UserError(f"model.{name}: expected {n_layer} positive integers separated by commas (one per block), got {text!r}")
+    return values
