@@ -121,3 +121,39 @@ def test_encoder_layouts_smoke(bench):
     out = bench("encoder_layouts").main(["--steps", "50", "--threads", "1"])
     assert set(out["layouts"]) == {"post-LN, learned (BERT)", "post-LN, rope", "pre-LN, learned", "pre-LN, rope"}
     assert all(set(r["accuracy"]) == {50} and 0.0 <= r["accuracy"][50] <= 1.0 for r in out["layouts"].values())
+
+
+def test_error_audit_samples_then_summarises_a_classifiers_errors(bench, tmp_path, capsys):
+    from test_finetune import make_labelled
+
+    from lmforge.__main__ import main as cli
+
+    data = make_labelled(tmp_path / "set.tsv", n=120)
+    run = tmp_path / "clf"  # an LSTM trained 3 steps: plenty of errors
+    assert cli(["finetune", "--finetune.data", str(data), "--model.name=lstm", "--model.n_embd=16", "--model.n_layer=1",
+                "--data.vocab_size=300", "--train.max_steps=3", "--train.eval_interval=0", "--out", str(run)]) == 0
+    audit = bench("error_audit")
+    capsys.readouterr()
+    audit.main(["sample", str(run), "--n", "10", "--split", "val"])
+    tsv = capsys.readouterr().out
+    lines = tsv.splitlines()
+    assert lines[0].split("\t") == audit.FIELDS and len(lines) == 11
+    rows = [ln.split("\t") for ln in lines[1:]]
+    assert all(float(r[2]) < 0.5 for r in rows)  # each is an error: its own label got less than half
+
+    cats = ["label", "none", "model", "model", "none"] * 2
+    (tmp_path / "a.tsv").write_text(lines[0] + "\n" + "\n".join("\t".join([*r[:3], c, r[4]]) for r, c in zip(rows, cats))
+                                    + "\n", encoding="utf-8")
+    out = audit.main(["summary", str(tmp_path / "a.tsv"), str(run), "--split", "val", "--target", "1.0"])
+    assert out["counts"] == {"label": 2, "none": 4, "model": 4} and out["share"]["model"] == 0.4
+    n, e = out["examples"], out["errors"]
+    assert out["accuracy"] == round(1 - e / n, 4)
+    assert out["ceiling_fixing_model_errors"] == round(1 - e / n + 0.4 * e / n, 4)
+    assert out["model_errors_to_fix_for_target"] == round(1 / 0.4, 3)  # 100% needs more than every model error
+
+    from lmforge.errors import UserError
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(lines[0] + "\n" + "\t".join([*rows[0][:3], "maybe", rows[0][4]]) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"bad.tsv:2: category 'maybe'"):
+        audit.main(["summary", str(bad), str(run), "--split", "val"])
