@@ -34,6 +34,8 @@ def test_round_trip_through_yaml(tmp_path):
         ("train: {compile: maybe}\n", "train.compile: expected a boolean"),
         ("model: {n_embd: 65, n_head: 2}\n", "divisible"),
         ("train: {optimizer: lion}\n", "train.optimizer: expected one of"),
+        ("finetune: {dropout: 1.5}\n", "finetune.dropout: expected a probability"),
+        ("finetune: {head_dropout: -0.1}\n", "finetune.head_dropout: expected a probability"),
         ("- a\n- b\n", "expected a mapping"),
         ("model: {n_layer: [\n", "invalid YAML"),
     ],

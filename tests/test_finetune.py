@@ -78,6 +78,19 @@ def test_lora_stores_adapters_only_and_reloads(base, capsys):
     assert accuracy(model, batches) >= 0.8 and acc > 0.6
 
 
+def test_finetune_dropout_overrides_the_bases(base, tmp_path):
+    tmp, data = base
+    lm_cfg, _, _ = load_run(tmp / "lm")
+    for extra, want in [((), lm_cfg.model.dropout), (("--finetune.dropout=0.3",), 0.3)]:
+        out = tmp_path / f"d{len(extra)}"
+        assert main(["finetune", "--finetune.data", str(data), "--base", str(tmp / "lm"), "--train.max_steps=2",
+                     "--train.eval_interval=0", "--out", str(out), *extra]) == 0
+        cfg, model, _ = load_run(out)
+        ps = {m.p for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.Dropout)}
+        assert cfg.model.dropout == want and ps == {want}, (ps, want)
+    assert lm_cfg.model.dropout != 0.3
+
+
 def test_lstm_baseline_from_scratch(base, capsys):
     tmp, data = base
     assert ft(tmp, data, "lstm", "--model.name=lstm", "--model.n_embd=32", "--model.n_layer=1", "--data.vocab_size=300",

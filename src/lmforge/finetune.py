@@ -236,6 +236,8 @@ def _resolve(cfg: RunConfig, run_dir: Path, resuming: bool):
         tok = train_tokenizer(train.texts, cfg.data.vocab_size)
     if base is not None:
         cfg.model = base[0]
+    if ft.dropout >= 0:
+        cfg.model.dropout = ft.dropout
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = tok.vocab_size
     if cfg.model.vocab_size < tok.vocab_size:

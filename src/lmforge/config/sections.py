@@ -95,6 +95,8 @@ class FinetuneConfig:
                             "concat ([last; max; mean])")
     max_length: int = F(128, "texts are truncated to this many tokens")
     head_dropout: float = F(0.1, "dropout before the classification head")
+    dropout: float = F(-1.0, "dropout inside the backbone while fine-tuning (its model.dropout); -1 keeps the base "
+                             "model's (a base pretrained without dropout may want some here)")
     group_by_length: bool = F(False, "batch texts of similar length together: less padding, but a batch's labels follow length")
     mode: str = F("full", "what trains: full (everything) | head (the head only) | lora (adapters + head)")
     freeze_layers: int = F(0, "full mode: freeze the embeddings and the lowest N blocks")
@@ -109,6 +111,8 @@ class FinetuneConfig:
             raise UserError(f"finetune.layer_lr_decay: expected a factor in (0, 1], got {self.layer_lr_decay!r}")
         if not 0.0 <= self.head_dropout < 1.0:
             raise UserError(f"finetune.head_dropout: expected a probability in [0, 1), got {self.head_dropout!r}")
+        if not (self.dropout == -1.0 or 0.0 <= self.dropout < 1.0):
+            raise UserError(f"finetune.dropout: expected a probability in [0, 1), or -1 to keep the base's, got {self.dropout!r}")
         if self.base and self.base_hf:
             raise UserError("finetune.base and finetune.base_hf: give one starting point, not both")
         if self.base_recipe and not self.base:
