@@ -13,7 +13,7 @@ Categories, judged by reading the sentence alone:
 ``summary`` re-runs the model on the split, checks that every audited row is still one of its errors, and
 prints one JSON object: the share of each category, and from the ``model`` share the accuracy a model
 would have that fixed those errors and kept the rest (the ceiling this data leaves), and the part of them
-that must be fixed to reach ``--target``. Only ``model`` errors count as fixable: a classifier that got the
+that must be fixed to reach ``--target``; also the accuracy by text length in tokens. Only ``model`` errors count as fixable: a classifier that got the
 ``label`` rows right would be reading something other than the sentence.
 """
 
@@ -31,8 +31,12 @@ CATEGORIES = ("label", "none", "model")
 FIELDS = ["index", "label", "p_label", "category", "text"]
 
 
-def errors(run_dir: str, data: str | None, split: str) -> tuple[list[dict], int]:
-    """The run's errors on ``split`` (index, gold label, its probability, text) and the number of examples."""
+LENGTHS = (16, 32, 64, 128)  # token-count buckets for the accuracy by length
+
+
+def errors(run_dir: str, data: str | None, split: str) -> tuple[list[dict], int, dict]:
+    """The run's errors on ``split`` (index, gold label, its probability, text), the number of examples and
+    the accuracy by length in tokens ({"<16": {"examples", "accuracy"}, ...})."""
     import torch
 
     from lmforge import checkpoint as ckpt
@@ -50,7 +54,15 @@ def errors(run_dir: str, data: str | None, split: str) -> tuple[list[dict], int]
     probs = predict_proba(model, tok, d.texts, cfg.classifier_max_length)
     out = [{"index": i, "label": ft.label_names[y], "p_label": round(float(probs[i, y]), 3), "text": d.texts[i]}
            for i, y in enumerate(d.labels) if int(probs[i].argmax()) != y]
-    return out, len(d)
+    right = [int(probs[i].argmax()) == y for i, y in enumerate(d.labels)]
+    lengths = [len(ids) for ids in tok.encode_batch(d.texts)]
+    edges = [0, *LENGTHS, float("inf")]
+    by_length = {}
+    for lo, hi in zip(edges, edges[1:]):
+        hits = [r for r, n in zip(right, lengths) if lo <= n < hi]
+        name = f"<{hi}" if lo == 0 else f">={lo}" if hi == float("inf") else f"{lo}-{hi - 1}"
+        by_length[name] = {"examples": len(hits), "accuracy": round(sum(hits) / len(hits), 4) if hits else None}
+    return out, len(d), by_length
 
 
 def sample(rows: list[dict], n: int, seed: int) -> list[dict]:
@@ -112,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         p.add_argument("--data", default=None, help="labelled set (default: the run's own)")
         p.add_argument("--split", default="test")
     args = ap.parse_args(argv)
-    rows, n_examples = errors(args.run_dir, args.data, args.split)
+    rows, n_examples, by_length = errors(args.run_dir, args.data, args.split)
     if args.cmd == "sample":
         write_tsv(sample(rows, args.n, args.seed), sys.stdout)
         return None
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise UserError(f"{args.audit}: rows {stale[:5]} are not errors of {args.run_dir} on {args.split}: "
                         "audit a sample of this run's errors")
     out = {"benchmark": "error-audit", "run_dir": args.run_dir, "split": args.split,
-           **summarise(audit, len(rows), n_examples, args.target)}
+           **summarise(audit, len(rows), n_examples, args.target), "accuracy_by_length": by_length}
     print(json.dumps(out, ensure_ascii=False))
     return out
 

@@ -150,6 +150,9 @@ def test_error_audit_samples_then_summarises_a_classifiers_errors(bench, tmp_pat
     assert out["accuracy"] == round(1 - e / n, 4)
     assert out["ceiling_fixing_model_errors"] == round(1 - e / n + 0.4 * e / n, 4)
     assert out["model_errors_to_fix_for_target"] == round(1 / 0.4, 3)  # 100% needs more than every model error
+    buckets = out["accuracy_by_length"]
+    assert sum(b["examples"] for b in buckets.values()) == n
+    assert sum(round(b["accuracy"] * b["examples"]) for b in buckets.values() if b["examples"]) == n - e
 
     from lmforge.errors import UserError
 
