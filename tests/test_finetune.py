@@ -154,6 +154,17 @@ def test_evaluate_and_predict_a_classifier(base, capsys, tmp_path):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["positive", "negative"]
     assert all(0.5 <= float(line.split("\t")[1]) <= 1.0 for line in lines)
+    inputs = tmp_path / "in.jsonl"  # the same texts from a file, after one given as an argument
+    inputs.write_text('{"text": "the people sing of bread", "id": 1}\n{"text": "the king walks at night"}\n')
+    assert main(["predict", str(run), "queen and bread", "--input", str(inputs)]) == 0
+    again = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [(a[0], a[2]) for a in again] == [(b.split("\t")[0], b.split("\t")[2]) for b in lines]
+    assert all(abs(float(a[1]) - float(b.split("\t")[1])) < 1e-3 for a, b in zip(again, lines))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": "oops"}\n')
+    assert main(["predict", str(run), "--input", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.jsonl:2: no key 'text'" in err and "\n" not in err and "Traceback" not in err
 
 
 def test_classifier_bad_inputs(base, capsys, tmp_path):

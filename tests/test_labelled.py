@@ -7,7 +7,8 @@ import pytest
 from lmforge import corpora
 from lmforge import datasets as ds
 from lmforge.errors import UserError
-from lmforge.labelled import LabelledData, class_counts, load_labelled, read_labelled, sort_labels, stratified_split
+from lmforge.labelled import (LabelledData, class_counts, load_labelled, read_labelled, read_texts, sort_labels,
+                              stratified_split)
 
 EXAMPLES = [("a fine film", "positive"), ("dull, long, and loud", "negative"), ("好评！", "positive"),
             ('he said "wow"', "positive"), ("line one\nline two", "negative")]
@@ -126,6 +127,31 @@ def test_unsupported_extension_and_missing_file(tmp_path):
     assert _error(f) == f"{f}: unsupported extension '.xlsx' (expected .csv, .tsv, .jsonl)"
     assert "unsupported extension '(none)'" in _error(tmp_path / "noext")
     assert _error(tmp_path / "nope.csv") == f"{tmp_path / 'nope.csv'}: no such file (expected a .csv, .tsv, .jsonl file)"
+
+
+@pytest.mark.parametrize("ext", [".csv", ".tsv", ".jsonl"])
+def test_read_texts_takes_the_text_column_of_any_file_with_or_without_labels(tmp_path, ext):
+    texts = [t for t, _ in EXAMPLES]
+    assert read_texts(_write(tmp_path / f"l{ext}", EXAMPLES)) == texts  # a labelled file: the label is ignored
+    assert read_texts(_write(tmp_path / f"u{ext}", [(t,) for t in texts], header=("review",)), "review") == texts
+    (tmp_path / "t.txt").write_text("\ufeffone\n\n  two  \n", encoding="utf-8")
+    assert read_texts(tmp_path / "t.txt") == ["one", "  two  "]
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("a.csv", "review\nfine\n", "a.csv:1: no column 'text' in the header"),
+    ("b.jsonl", '{"text": "ok"}\n{"text": "ok",\n', "b.jsonl:2: not valid JSON"),
+    ("c.jsonl", '{"text": "ok"}\n{"body": "x"}\n', "c.jsonl:2: no key 'text'"),
+    ("d.tsv", "text\tid\n\t3\n", "d.tsv:2: empty text"),
+    ("e.txt", "\n\n", "e.txt:1: the file is empty"),
+    ("f.md", "text\n", "unsupported extension '.md'"),
+    ("g.jsonl", '["a list"]\n', "expected an object like {\"text\": \"...\"}"),
+])
+def test_read_texts_bad_input(tmp_path, name, content, expected):
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        read_texts(tmp_path / name)
+    assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_load_labelled_files_and_names(tmp_path):

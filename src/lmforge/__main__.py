@@ -109,7 +109,8 @@ def cmd_predict(args) -> None:
     from lmforge.evaluate import predict_texts
 
     for label, prob, text in predict_texts(args.run_dir, args.texts, args.input, args.text_column):
-        print(f"{label}\t{prob:.4f}\t{text}")
+        one_line = text.replace("\r", " ").replace("\n", " ").replace("\t", " ")  # one result a line, 3 tab fields
+        print(f"{label}\t{prob:.4f}\t{one_line}")
 
 
 def cmd_export(args) -> None:

@@ -154,54 +154,19 @@ def evaluate_classifier(cfg, model, tok, run_dir, data: str | None, split: str, 
     }
 
 
-def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
-    """Texts to classify: .txt (one a line), .jsonl (``text_column`` of each object), .csv / .tsv (that column)."""
-    import csv
-    import json
-
-    from lmforge.errors import UserError
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: not found (expected a .txt, .jsonl, .csv or .tsv file of texts)")
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
-    if path.suffix == ".txt":
-        return [line for line in raw.splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        texts = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(text_column), str):
-                raise UserError(f"{path}:{n}: expected an object with a string {text_column!r}")
-            texts.append(obj[text_column])
-        return texts
-    if path.suffix in (".csv", ".tsv"):
-        rows = csv.DictReader(raw.splitlines(), delimiter="\t" if path.suffix == ".tsv" else ",")
-        if text_column not in (rows.fieldnames or []):
-            raise UserError(f"{path}:1: no column {text_column!r} (columns: {', '.join(rows.fieldnames or [])})")
-        return [row[text_column] for row in rows]
-    raise UserError(f"{path}: unsupported extension {path.suffix!r} (expected .txt, .jsonl, .csv or .tsv)")
-
-
 def predict_texts(run_dir: str | Path, texts: list[str], input_file: str | None = None, text_column: str = "text",
                   device: str = "cpu") -> list[tuple[str, float, str]]:
     """(label, probability, text) for each text, with a fine-tuned classifier run dir."""
     from lmforge.errors import UserError
 
+    from lmforge.labelled import read_texts
+
+    texts = list(texts) + (read_texts(input_file, text_column) if input_file else [])  # bad input fails fast
+    if not texts:
+        raise UserError("predict: no text given (pass texts as arguments or --input FILE)")
     cfg, model, tok = ckpt.load_run(run_dir, device)
     if not cfg.finetune.labels:
         raise UserError(f"{run_dir}: not a fine-tuned classifier (predict needs a run made by `lmforge finetune`)")
-    texts = list(texts) + (read_texts(input_file, text_column) if input_file else [])
-    if not texts:
-        raise UserError("predict: no text given (pass texts as arguments or --input FILE)")
     max_len = cfg.classifier_max_length
     probs = predict_proba(model, tok, texts, max_len, device=device)
     names = cfg.finetune.label_names

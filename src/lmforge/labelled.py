@@ -73,12 +73,14 @@ def _decode(path: Path) -> str:
         raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
 
 
-def _check_example(path: Path, line: int, text, label, text_column: str, label_column: str) -> tuple[str, str]:
-    """``(text, label)`` checked and the label normalised to a stripped string."""
+def _check_example(path: Path, line: int, text, label, text_column: str, label_column: str | None) -> tuple[str, str | None]:
+    """``(text, label)`` checked and the label normalised to a stripped string (``label_column`` None: texts only)."""
     if not isinstance(text, str):
         raise UserError(f"{path}:{line}: {text_column!r} is {json.dumps(text)}, expected a string")
     if not text.strip():
         raise UserError(f"{path}:{line}: empty text in {text_column!r} (expected some text)")
+    if label_column is None:
+        return text, None
     if isinstance(label, bool) or not isinstance(label, (str, int)):
         raise UserError(f"{path}:{line}: {label_column!r} is {json.dumps(label)}, expected a string or an integer")
     label = str(label).strip()
@@ -88,7 +90,7 @@ def _check_example(path: Path, line: int, text, label, text_column: str, label_c
 
 
 def _read_delimited(path: Path, text: str, delimiter: str, text_column: str,
-                    label_column: str) -> list[tuple[int, str, str]]:
+                    label_column: str | None) -> list[tuple[int, str, str | None]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     kind, sep = ("TSV", "tab") if delimiter == "\t" else ("CSV", "comma")
     rows, header, start = [], None, 1
@@ -99,18 +101,20 @@ def _read_delimited(path: Path, text: str, delimiter: str, text_column: str,
                 continue
             if header is None:
                 header = [h.strip() for h in row]
-                missing = [c for c in (text_column, label_column) if c not in header]
+                missing = [c for c in (text_column, label_column) if c is not None and c not in header]
                 if missing:
                     other, other_sep, other_ext = (",", "comma", ".csv") if delimiter == "\t" else ("\t", "tab", ".tsv")
                     hint = f"; is it {other_sep}-separated? name it {other_ext}" if len(header) == 1 and other in row[0] else ""
                     raise UserError(f"{path}:{line}: no column {missing[0]!r} in the header "
                                     f"(the columns are: {', '.join(map(repr, header))}{hint})")
-                i_text, i_label = header.index(text_column), header.index(label_column)
+                i_text = header.index(text_column)
+                i_label = header.index(label_column) if label_column is not None else None
                 continue
             if len(row) != len(header):
                 raise UserError(f"{path}:{line}: {len(row)} field{'s' * (len(row) != 1)}, expected {len(header)} "
                                 f"(the header has {', '.join(header)}); quote a field that holds a {sep}")
-            rows.append((line, *_check_example(path, line, row[i_text], row[i_label], text_column, label_column)))
+            label = row[i_label] if i_label is not None else None
+            rows.append((line, *_check_example(path, line, row[i_text], label, text_column, label_column)))
     except csv.Error as e:
         if "field larger than field limit" in str(e):  # the csv module's 131,072 characters
             raise UserError(f"{path}:{start}: a field longer than {csv.field_size_limit():,} characters "
@@ -118,13 +122,14 @@ def _read_delimited(path: Path, text: str, delimiter: str, text_column: str,
         raise UserError(f"{path}:{start}: bad {kind} quoting: {e} "
                         '(a quoted field ends with " and a quote inside it is doubled: "")') from None
     if header is None:
-        raise UserError(f"{path}:1: the file is empty (expected a header row with {text_column!r} and {label_column!r})")
+        wanted = f"{text_column!r}" + (f" and {label_column!r}" if label_column is not None else "")
+        raise UserError(f"{path}:1: the file is empty (expected a header row with {wanted})")
     if not rows:
         raise UserError(f"{path}:{start}: no examples under the header (expected one row per example)")
     return rows
 
 
-def _read_jsonl(path: Path, text: str, text_column: str, label_column: str) -> list[tuple[int, str, str]]:
+def _read_jsonl(path: Path, text: str, text_column: str, label_column: str | None) -> list[tuple[int, str, str | None]]:
     rows = []
     for line, raw in enumerate(text.split("\n"), 1):
         if not raw.strip():
@@ -134,12 +139,13 @@ def _read_jsonl(path: Path, text: str, text_column: str, label_column: str) -> l
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{line}: not valid JSON ({e.msg}, column {e.colno}); expected one object a line") from None
         if not isinstance(obj, dict):
-            raise UserError(f"{path}:{line}: a JSON {type(obj).__name__}, expected an object like "
-                            f'{{"{text_column}": "...", "{label_column}": "..."}}')
+            example = f'"{text_column}": "..."' + (f', "{label_column}": "..."' if label_column is not None else "")
+            raise UserError(f"{path}:{line}: a JSON {type(obj).__name__}, expected an object like {{{example}}}")
         for key in (text_column, label_column):
-            if key not in obj:
+            if key is not None and key not in obj:
                 raise UserError(f"{path}:{line}: no key {key!r} (the keys are: {', '.join(map(repr, obj)) or 'none'})")
-        rows.append((line, *_check_example(path, line, obj[text_column], obj[label_column], text_column, label_column)))
+        label = obj[label_column] if label_column is not None else None
+        rows.append((line, *_check_example(path, line, obj[text_column], label, text_column, label_column)))
     if not rows:
         raise UserError(f"{path}:1: the file is empty (expected one JSON object a line)")
     return rows
@@ -173,6 +179,29 @@ def read_labelled(path: str | os.PathLike, text_column: str = "text", label_colu
                                 "a label seen only here cannot be predicted")
     index = {n: i for i, n in enumerate(names)}
     return LabelledData([t for _, t, _ in rows], [index[l] for _, _, l in rows], names, str(path))
+
+
+def read_texts(path: str | os.PathLike, text_column: str = "text") -> list[str]:
+    """Texts without labels (``lmforge predict --input``): a ``.txt`` file, one text a line, or the
+    ``text_column`` of a ``.csv`` / ``.tsv`` / ``.jsonl`` file, read and checked as :func:`read_labelled`
+    reads its files (any label column is ignored)."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in (*FORMATS, ".txt"):
+        raise UserError(f"{path}: unsupported extension {ext or '(none)'!r} (expected .txt, {', '.join(FORMATS)})")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (expected a .txt, {', '.join(FORMATS)} file of texts)")
+    text = _decode(path)
+    if ext == ".txt":
+        texts = [line for line in text.splitlines() if line.strip()]
+        if not texts:
+            raise UserError(f"{path}:1: the file is empty (expected one text a line)")
+        return texts
+    if ext == ".jsonl":
+        rows = _read_jsonl(path, text, text_column, None)
+    else:
+        rows = _read_delimited(path, text, "," if ext == ".csv" else "\t", text_column, None)
+    return [t for _, t, _ in rows]
 
 
 def load_labelled(spec: str, split: str = "train", text_column: str = "text", label_column: str = "label",
