@@ -81,10 +81,9 @@ def sparsity_of(weights: dict[str, Tensor]) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- structured
 def _attention_layers(model: nn.Module) -> list[nn.Module]:
-    from lmforge.models.bert import SelfAttention
-    from lmforge.models.layers import CausalSelfAttention
+    from lmforge.models.layers import MultiHeadAttention
 
-    return [m for m in model.modules() if isinstance(m, (CausalSelfAttention, SelfAttention))]
+    return [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
 
 
 def _mlp_layers(model: nn.Module) -> list[nn.Module]:

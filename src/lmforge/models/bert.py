@@ -34,43 +34,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
-from lmforge.models.layers import MLP, apply_rope, rope_table, sinusoidal_positions
+from lmforge.models.layers import MLP, MultiHeadAttention, rope_table, sinusoidal_positions
 
 
-class SelfAttention(nn.Module):
-    """Bidirectional multi-head self-attention, fused QKV (``c_attn``: C -> 3C, q | k | v), SDPA.
-    With pruned heads (``head_size`` given, H * hs < C): ``c_attn`` C -> 3 * H * hs, ``c_proj`` H * hs -> C."""
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
-                 head_size: int | None = None) -> None:
-        super().__init__()
-        assert head_size is not None or n_embd % n_head == 0, "n_embd must be divisible by n_head"
-        self.head_size = head_size or n_embd // n_head
-        D = n_head * self.head_size  # == n_embd unless heads were pruned
-        self.c_attn = nn.Linear(n_embd, 3 * D, bias=bias)
-        self.c_proj = nn.Linear(D, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
-        self.n_head, self.dropout = n_head, dropout
+class SelfAttention(MultiHeadAttention):
+    """Bidirectional multi-head self-attention (SDPA), BERT's: every query sees every kept key."""
 
     def forward(self, x: Tensor, keep: Tensor | None = None, rope: Tensor | None = None) -> Tensor:
         """``keep``: bool (B, 1, 1, T), True for keys that may be attended to (None = all); ``rope``
         (2, T, hs // 2): rotary rows that rotate q and k (``pos_emb=rope``)."""
-        B, T, _ = x.shape
-        hs = self.head_size
-        C = self.n_head * hs  # the attention width (n_embd unless heads were pruned)
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, H * hs)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = self.qkv(x, rope)  # (B, H, T, hs) each
         bias = None
         if keep is not None:  # additive, in q's dtype (autocast): 0 to keep, the dtype's min to drop
             bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, H, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, H * hs)
-        return self.resid_dropout(self.c_proj(y))
+        return self.out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p))
 
 
 class Layer(nn.Module):

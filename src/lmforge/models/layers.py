@@ -142,7 +142,44 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = Non
     return torch.matmul(att, v)  # (B, H, T, hs)
 
 
-class CausalSelfAttention(nn.Module):
+class MultiHeadAttention(nn.Module):
+    """The projections of multi-head self-attention, shared by the causal (GPT) and bidirectional (BERT)
+    kinds: a fused QKV (``c_attn``: C -> 3C, q | k | v) and ``c_proj``, GPT-2's names. With pruned heads
+    (``head_size`` given, H * hs < C): ``c_attn`` C -> 3 * H * hs, ``c_proj`` H * hs -> C. Subclasses
+    write ``forward``: :meth:`qkv`, their attention, :meth:`out`."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
+                 head_size: int | None = None, qk_norm: bool = False, norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        assert head_size is not None or n_embd % n_head == 0, "n_embd must be divisible by n_head"
+        self.head_size = head_size or n_embd // n_head
+        D = n_head * self.head_size  # == n_embd unless heads were pruned
+        self.c_attn = nn.Linear(n_embd, 3 * D, bias=bias)
+        self.c_proj = nn.Linear(D, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.n_head, self.dropout, self.qk_norm = n_head, dropout, qk_norm
+        if qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(self.head_size, eps=norm_eps), RMSNorm(self.head_size, eps=norm_eps)
+
+    def qkv(self, x: Tensor, rope: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, C) -> q, k, v, each (B, H, T, hs): q and k RMS-normalized (``qk_norm``), then rotated by
+        ``rope`` (2, T, hs // 2) if given."""
+        B, T, _ = x.shape
+        H, hs = self.n_head, self.head_size
+        q, k, v = (t.view(B, T, H, hs).transpose(1, 2) for t in self.c_attn(x).split(H * hs, dim=2))
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        return q, k, v
+
+    def out(self, y: Tensor) -> Tensor:
+        """The heads' outputs y (B, H, T, hs) -> (B, T, C): merged, projected, dropout."""
+        B, H, T, hs = y.shape
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, H * hs)))
+
+
+class CausalSelfAttention(MultiHeadAttention):
     """Multi-head causal self-attention with a fused QKV projection (GPT-2 names: c_attn, c_proj).
 
     Without a cache: SDPA with ``is_causal``. With a :class:`KVCache`: the T new queries at positions
@@ -158,32 +195,10 @@ class CausalSelfAttention(nn.Module):
     rotated keys.
     """
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
-                 head_size: int | None = None, qk_norm: bool = False, norm_eps: float = 1e-5) -> None:
-        super().__init__()
-        assert head_size is not None or n_embd % n_head == 0, "n_embd must be divisible by n_head"
-        self.head_size = head_size or n_embd // n_head
-        D = n_head * self.head_size  # == n_embd unless heads were pruned
-        self.c_attn = nn.Linear(n_embd, 3 * D, bias=bias)
-        self.c_proj = nn.Linear(D, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
-        self.n_head, self.dropout, self.qk_norm = n_head, dropout, qk_norm
-        if qk_norm:
-            self.q_norm, self.k_norm = RMSNorm(self.head_size, eps=norm_eps), RMSNorm(self.head_size, eps=norm_eps)
-
     def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, rope: Tensor | None = None) -> Tensor:
         """x (B, T, C) -> (B, T, C); ``rope`` (2, T, hs // 2): the :func:`rope_table` rows of the T positions."""
-        B, T, _ = x.shape
-        hs = self.head_size
-        C = self.n_head * hs  # the attention width (n_embd unless heads were pruned)
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, H * hs)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        T = x.shape[1]
+        q, k, v = self.qkv(x, rope)  # (B, H, T, hs) each
         p = self.dropout if self.training else 0.0
         start = 0
         if cache is not None:
@@ -204,8 +219,7 @@ class CausalSelfAttention(nn.Module):
         else:  # a multi-token chunk at an offset: (T, L) mask, bottom-right aligned
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, H * hs)
-        return self.resid_dropout(self.c_proj(y))
+        return self.out(y)
 
 
 class MLP(nn.Module):
