@@ -69,3 +69,31 @@ def test_sigkill_then_resume_is_bit_exact(reference, where):
     assert got.keys() == ref.keys()
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
+
+
+def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes_bit_exact(reference):
+    """The first SIGINT stops a run after its current step with a checkpoint there (not only at the last
+    save_interval), exit 130; resuming from it gives the uninterrupted run's weights bit for bit."""
+    from lmforge.checkpoint import load_train_state
+
+    tmp, ref = reference
+    out = tmp / "ctrl-c"
+    argv = [*args(CORPUS, out), "--train.save_interval=1000"]  # no periodic checkpoint before the end (step 200)
+    p = subprocess.Popen([sys.executable, "-m", "lmforge", *argv], env=env1(), cwd=REPO, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if pytest ignores it
+    t0 = time.time()
+    while p.poll() is None and step_of(out) < 45:
+        assert time.time() - t0 < 120, "child never reached step 45"
+        time.sleep(0.01)
+    assert p.poll() is None, "child finished before it could be interrupted"
+    os.kill(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    step = load_train_state(out)["meta"]["step"]
+    assert 45 <= step < 200, step  # written on the way out, at the step it stopped after
+    assert "stopping after this step" in err and f"the last checkpoint (step {step})" in err and "Traceback" not in err
+    lmforge("pretrain", "--resume", str(out))
+    got = load_file(out / "model.safetensors")
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -133,6 +135,35 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable, loss_fn: LossFn, de
     if with_accuracy:
         return loss, (total[2] / total[1]).item() if total[1] > 0 else float("nan")
     return loss
+
+
+class StopRequest:
+    """Ctrl-C during ``fit()``: the first SIGINT asks the loop to finish its step, write a checkpoint
+    there and stop (``requested``); a second one interrupts at once, as Ctrl-C always did. Inactive off
+    the main thread and where SIGINT is ignored (a background job)."""
+
+    def __init__(self, announce: bool = True) -> None:
+        self.requested = False
+        self.announce = announce
+        self.active = (threading.current_thread() is threading.main_thread()
+                       and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)  # the next Ctrl-C interrupts at once
+        if self.announce:
+            print("\nlmforge: stopping after this step, with a checkpoint (Ctrl-C again: stop now, without one)",
+                  file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        if self.active:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active and signal.getsignal(signal.SIGINT) == self._handle:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class EMA:
@@ -273,7 +304,9 @@ def fit(
     t0 = time.perf_counter()
     window_t, window_tokens = t0, 0
     net.train()
+    stop = StopRequest(announce=info.is_main)
     try:
+        stop.__enter__()
         for step in range(start, cfg.max_steps):
             set_lr(optimizer, lr := lr_at(step, cfg))
             loss_sum = torch.zeros((), device=device)
@@ -288,7 +321,9 @@ def fit(
                         loss = loss_fn(call(net, x), y) / cfg.grad_accum
                     scaler.scale(loss).backward()
                 loss_sum += loss.detach()
-            loss_val = distributed.all_reduce_sum(loss_sum.float().cpu(), info).item() / info.world_size
+            # the loss and any rank's Ctrl-C in one all-reduce: every rank stops after the same step
+            reduced = distributed.all_reduce_sum(torch.stack([loss_sum.float().cpu(), torch.tensor(float(stop.requested))]), info)
+            loss_val, stopping = reduced[0].item() / info.world_size, reduced[1].item() > 0
             if not math.isfinite(loss_val):
                 where = f"the last good checkpoint (step {last_saved}) is kept in {run_dir}" if last_saved else "no checkpoint was written yet"
                 raise TrainingDiverged(
@@ -335,8 +370,10 @@ def fit(
                     extra = "".join(f", val {k.replace('_', ' ')} {v:.4f}" for k, v in record.items()) \
                         if record else f", val ppl {summary['val_ppl']:.2f}"
                     bar.write(f"step {done}: train loss {loss_val:.4f}, val loss {val:.4f}{extra}", file=sys.stderr)
-            if done % cfg.save_interval == 0 or done == cfg.max_steps:
+            if done % cfg.save_interval == 0 or done == cfg.max_steps or (stopping and done < cfg.max_steps):
                 save(done, elapsed_before + time.perf_counter() - t0)
+            if stopping and done < cfg.max_steps:
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         bar.close()
         if info.is_main:
@@ -344,6 +381,7 @@ def fit(
             print(f"lmforge: interrupted; {kept}: continue with --resume {run_dir}", file=sys.stderr)
         raise
     finally:
+        stop.__exit__()
         bar.close()
     if ema is not None:  # the caller gets the averaged model, as it was saved
         ema.copy_to(model)
