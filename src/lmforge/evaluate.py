@@ -158,7 +158,6 @@ def predict_texts(run_dir: str | Path, texts: list[str], input_file: str | None 
                   device: str = "cpu") -> list[tuple[str, float, str]]:
     """(label, probability, text) for each text, with a fine-tuned classifier run dir."""
     from lmforge.errors import UserError
-
     from lmforge.labelled import read_texts
 
     texts = list(texts) + (read_texts(input_file, text_column) if input_file else [])  # bad input fails fast

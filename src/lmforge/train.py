@@ -156,12 +156,12 @@ class StopRequest:
             print("\nlmforge: stopping after this step, with a checkpoint (Ctrl-C again: stop now, without one)",
                   file=sys.stderr, flush=True)
 
-    def __enter__(self) -> "StopRequest":
+    def install(self) -> None:
         if self.active:
             self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
+        """Put the previous SIGINT handler back (unless a first Ctrl-C already did)."""
         if self.active and signal.getsignal(signal.SIGINT) == self._handle:
             signal.signal(signal.SIGINT, self._previous)
 
@@ -306,7 +306,7 @@ def fit(
     net.train()
     stop = StopRequest(announce=info.is_main)
     try:
-        stop.__enter__()
+        stop.install()
         for step in range(start, cfg.max_steps):
             set_lr(optimizer, lr := lr_at(step, cfg))
             loss_sum = torch.zeros((), device=device)
@@ -370,7 +370,7 @@ def fit(
                     extra = "".join(f", val {k.replace('_', ' ')} {v:.4f}" for k, v in record.items()) \
                         if record else f", val ppl {summary['val_ppl']:.2f}"
                     bar.write(f"step {done}: train loss {loss_val:.4f}, val loss {val:.4f}{extra}", file=sys.stderr)
-            if done % cfg.save_interval == 0 or done == cfg.max_steps or (stopping and done < cfg.max_steps):
+            if done % cfg.save_interval == 0 or done == cfg.max_steps or stopping:
                 save(done, elapsed_before + time.perf_counter() - t0)
             if stopping and done < cfg.max_steps:
                 raise KeyboardInterrupt
@@ -381,7 +381,7 @@ def fit(
             print(f"lmforge: interrupted; {kept}: continue with --resume {run_dir}", file=sys.stderr)
         raise
     finally:
-        stop.__exit__()
+        stop.restore()
         bar.close()
     if ema is not None:  # the caller gets the averaged model, as it was saved
         ema.copy_to(model)
