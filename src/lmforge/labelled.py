@@ -73,6 +73,17 @@ def _decode(path: Path) -> str:
         raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
 
 
+def _open(path: str | os.PathLike, formats: tuple[str, ...], of: str = "") -> tuple[Path, str, str]:
+    """(path, lower-case extension, decoded text) of a file whose extension is one of ``formats``."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in formats:
+        raise UserError(f"{path}: unsupported extension {ext or '(none)'!r} (expected {', '.join(formats)})")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (expected a {', '.join(formats)} file{' of ' + of if of else ''})")
+    return path, ext, _decode(path)
+
+
 def _check_example(path: Path, line: int, text, label, text_column: str, label_column: str | None) -> tuple[str, str | None]:
     """``(text, label)`` checked and the label normalised to a stripped string (``label_column`` None: texts only)."""
     if not isinstance(text, str):
@@ -157,13 +168,7 @@ def read_labelled(path: str | os.PathLike, text_column: str = "text", label_colu
 
     ``label_names``: the labels a model was trained on; every label of the file must be one of them.
     """
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in FORMATS:
-        raise UserError(f"{path}: unsupported extension {ext or '(none)'!r} (expected {', '.join(FORMATS)})")
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (expected a {', '.join(FORMATS)} file)")
-    text = _decode(path)
+    path, ext, text = _open(path, FORMATS)
     if ext == ".jsonl":
         rows = _read_jsonl(path, text, text_column, label_column)
     else:
@@ -185,13 +190,7 @@ def read_texts(path: str | os.PathLike, text_column: str = "text") -> list[str]:
     """Texts without labels (``lmforge predict --input``): a ``.txt`` file, one text a line, or the
     ``text_column`` of a ``.csv`` / ``.tsv`` / ``.jsonl`` file, read and checked as :func:`read_labelled`
     reads its files (any label column is ignored)."""
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in (*FORMATS, ".txt"):
-        raise UserError(f"{path}: unsupported extension {ext or '(none)'!r} (expected .txt, {', '.join(FORMATS)})")
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (expected a .txt, {', '.join(FORMATS)} file of texts)")
-    text = _decode(path)
+    path, ext, text = _open(path, (".txt", *FORMATS), "texts")
     if ext == ".txt":
         texts = [line for line in text.splitlines() if line.strip()]
         if not texts:
