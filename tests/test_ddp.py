@@ -14,7 +14,7 @@ import torch
 from helpers import REPO, env1, lmforge, make_corpus
 from safetensors.torch import load_file
 
-from lmforge.checkpoint import read_metrics
+from lmforge.checkpoint import load_train_state, read_metrics
 
 TINY = str(REPO / "configs" / "gpt-tiny.yaml")
 pytestmark = pytest.mark.slow
@@ -23,10 +23,10 @@ pytestmark = pytest.mark.slow
 LOSS_TOL = 1e-4
 
 
-def args(corpus, out, steps=30):
+def args(corpus, out, steps=30, save_interval=10):
     return ["pretrain", "--config", TINY, "--data.path", str(corpus), f"--train.max_steps={steps}", "--train.batch_size=8",
-            "--train.log_interval=1", "--train.save_interval=10", "--train.eval_interval=10", "--train.num_threads=1",
-            "--out", str(out)]
+            "--train.log_interval=1", f"--train.save_interval={save_interval}", "--train.eval_interval=10",
+            "--train.num_threads=1", "--out", str(out)]
 
 
 def torchrun(*argv, wait=True):
@@ -68,5 +68,24 @@ def test_two_processes_match_one(tmp_path):
     p.wait()
     torchrun("pretrain", "--resume", str(run))
     ref, got = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(run / "model.safetensors")
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+    # SIGTERM to torchrun (what a scheduler sends before it kills): the agent passes it to both ranks,
+    # which stop after the same step with a checkpoint there; resumed under torchrun, bit-exact again
+    run = tmp_path / "ddp-sigterm"
+    p = torchrun(*args(corpus, run, save_interval=1000), wait=False)  # no periodic checkpoint before step 30
+    t0 = time.time()
+    while max([r["step"] for r in read_metrics(run)] if (run / "metrics.jsonl").exists() else [], default=0) < 12:
+        assert p.poll() is None and time.time() - t0 < 120
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode != 0, out
+    step = load_train_state(run)["meta"]["step"]
+    assert 12 <= step < 30, (step, out)
+    assert out.count(f"the last checkpoint (step {step})") == 1, out  # rank 0 says so; both stopped there
+    torchrun("pretrain", "--resume", str(run))
+    got = load_file(run / "model.safetensors")
     for k in ref:
         assert torch.equal(ref[k], got[k]), k

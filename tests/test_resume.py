@@ -71,13 +71,15 @@ def test_sigkill_then_resume_is_bit_exact(reference, where):
         assert torch.equal(got[k], ref[k]), k
 
 
-def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes_bit_exact(reference):
-    """The first SIGINT stops a run after its current step with a checkpoint there (not only at the last
-    save_interval), exit 130; resuming from it gives the uninterrupted run's weights bit for bit."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_finishes_the_step_writes_a_checkpoint_and_resumes_bit_exact(reference, sig):
+    """The first SIGINT (Ctrl-C) or SIGTERM (a scheduler's) stops a run after its current step with a
+    checkpoint there (not only at the last save_interval), exit 128 + signal; resuming from it gives the
+    uninterrupted run's weights bit for bit."""
     from lmforge.checkpoint import load_train_state
 
     tmp, ref = reference
-    out = tmp / "ctrl-c"
+    out = tmp / f"stopped-{sig.name}"
     argv = [*args(CORPUS, out), "--train.save_interval=1000"]  # no periodic checkpoint before the end (step 200)
     p = subprocess.Popen([sys.executable, "-m", "lmforge", *argv], env=env1(), cwd=REPO, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True,
@@ -87,9 +89,9 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes_bit_exact(refe
         assert time.time() - t0 < 120, "child never reached step 45"
         time.sleep(0.01)
     assert p.poll() is None, "child finished before it could be interrupted"
-    os.kill(p.pid, signal.SIGINT)
+    os.kill(p.pid, sig)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
+    assert p.returncode == 128 + sig, err
     step = load_train_state(out)["meta"]["step"]
     assert 45 <= step < 200, step  # written on the way out, at the step it stopped after
     assert "stopping after this step" in err and f"the last checkpoint (step {step})" in err and "Traceback" not in err

@@ -192,3 +192,27 @@ def test_interrupt_names_the_checkpoint_to_resume_from(tmp_path, capsys):
     with pytest.raises(KeyboardInterrupt):
         fit(new_model(), Counting(8, fail_at=6), cfg(), tmp_path, progress=False)
     assert f"the last checkpoint (step 4) is in {tmp_path}: continue with --resume {tmp_path}" in capsys.readouterr().err
+
+
+def test_stop_request_repeats_within_a_second_are_one_request_a_later_one_acts_at_once():
+    import os
+    import signal
+
+    from lmforge.train import StopRequest
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler here")
+    stop = StopRequest(announce=False)
+    try:
+        stop.install()
+        os.kill(os.getpid(), signal.SIGTERM)  # the first: a request, no exception, nothing killed
+        assert stop.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)  # the same request again (terminal + torchrun agent): ignored
+        assert stop.signum == signal.SIGTERM
+        stop.REPEAT_WINDOW = 0.0  # a later one: Python's own handler, at once
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are back
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        stop.restore()

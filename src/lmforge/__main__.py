@@ -333,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"lmforge: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or train.Stopped after the checkpoint a SIGINT / SIGTERM asked for
         print("lmforge: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
     except BrokenPipeError:  # `lmforge generate ... | head`
         return 0
 

@@ -137,33 +137,62 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable, loss_fn: LossFn, de
     return loss
 
 
+class Stopped(KeyboardInterrupt):
+    """``fit()`` stopped on a signal after writing a checkpoint; ``signum`` says which (exit 128 + signum)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StopRequest:
-    """Ctrl-C during ``fit()``: the first SIGINT asks the loop to finish its step, write a checkpoint
-    there and stop (``requested``); a second one interrupts at once, as Ctrl-C always did. Inactive off
-    the main thread and where SIGINT is ignored (a background job)."""
+    """SIGINT (Ctrl-C) or SIGTERM during ``fit()``: the first asks the loop to finish its step, write a
+    checkpoint there and stop (``signum`` is then set); one more, over a second later, acts at once as it
+    always did. Repeats within that second are the same request arriving twice: a terminal's Ctrl-C
+    reaches torchrun's workers directly and again through their agent, and a scheduler's SIGTERM
+    (SLURM preemption, Kubernetes) may too. Inactive off the main thread; an ignored signal (a
+    background job's SIGINT) stays ignored."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_WINDOW = 1.0  # seconds
 
     def __init__(self, announce: bool = True) -> None:
-        self.requested = False
+        self.signum = 0
         self.announce = announce
-        self.active = (threading.current_thread() is threading.main_thread()
-                       and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
-        self._previous = None
+        self.active = threading.current_thread() is threading.main_thread()
+        self._previous: dict[int, object] = {}
+        self._first = 0.0
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)  # the next Ctrl-C interrupts at once
-        if self.announce:
-            print("\nlmforge: stopping after this step, with a checkpoint (Ctrl-C again: stop now, without one)",
-                  file=sys.stderr, flush=True)
+        now = time.monotonic()
+        if not self.signum:
+            self.signum, self._first = signum, now
+            if self.announce:
+                name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+                print(f"\nlmforge: {name}: stopping after this step, with a checkpoint ({name} again: stop now, "
+                      "without one)", file=sys.stderr, flush=True)
+            return
+        if now - self._first < self.REPEAT_WINDOW:
+            return
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        self.restore()
+        if callable(previous):  # Python's own SIGINT handler: KeyboardInterrupt
+            previous(signum, frame)
+        else:  # the default action (SIGTERM: terminate)
+            signal.raise_signal(signum)
 
     def install(self) -> None:
-        if self.active:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        if not self.active:
+            return
+        for sig in self.SIGNALS:
+            if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # None: a handler set outside Python, kept
+                self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
-        """Put the previous SIGINT handler back (unless a first Ctrl-C already did)."""
-        if self.active and signal.getsignal(signal.SIGINT) == self._handle:
-            signal.signal(signal.SIGINT, self._previous)
+        """Put the handlers that were there before :meth:`install` back."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 class EMA:
@@ -322,7 +351,7 @@ def fit(
                     scaler.scale(loss).backward()
                 loss_sum += loss.detach()
             # the loss and any rank's Ctrl-C in one all-reduce: every rank stops after the same step
-            reduced = distributed.all_reduce_sum(torch.stack([loss_sum.float().cpu(), torch.tensor(float(stop.requested))]), info)
+            reduced = distributed.all_reduce_sum(torch.stack([loss_sum.float().cpu(), torch.tensor(float(stop.signum))]), info)
             loss_val, stopping = reduced[0].item() / info.world_size, reduced[1].item() > 0
             if not math.isfinite(loss_val):
                 where = f"the last good checkpoint (step {last_saved}) is kept in {run_dir}" if last_saved else "no checkpoint was written yet"
@@ -373,7 +402,7 @@ def fit(
             if done % cfg.save_interval == 0 or done == cfg.max_steps or stopping:
                 save(done, elapsed_before + time.perf_counter() - t0)
             if stopping and done < cfg.max_steps:
-                raise KeyboardInterrupt
+                raise Stopped(stop.signum or signal.SIGINT)  # a rank without the signal stops with its peers
     except KeyboardInterrupt:
         bar.close()
         if info.is_main:
