@@ -216,3 +216,18 @@ def test_stop_request_repeats_within_a_second_are_one_request_a_later_one_acts_a
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         stop.restore()
+
+
+def test_only_resumable_fits_take_over_sigint_and_sigterm(tmp_path):
+    import signal
+
+    seen = {}
+    for resumable in (True, False):
+        def look(step, resumable=resumable):
+            seen[resumable] = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        fit(new_model(), Counting(8), cfg(max_steps=2), tmp_path / str(resumable), progress=False, after_step=look,
+            resumable=resumable)
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # put back afterwards
+    assert seen[False] == before
+    assert all(getattr(h, "__qualname__", "") == "StopRequest._handle" for h in seen[True]), seen[True]

@@ -247,6 +247,7 @@ def fit(
     after_step: Callable[[int], None] | None = None,
     val_accuracy: bool = False,
     evaluator: Callable[..., tuple[float, dict[str, float]]] | None = None,
+    resumable: bool = True,
 ) -> dict:
     """Train ``model`` in place; resume from ``run_dir`` if it holds a training state.
 
@@ -258,6 +259,9 @@ def fit(
     ``evaluator(model, eval_batches, device, dtype, info) -> (val loss, {name: value})`` replaces the plain
     validation loss for models with more to report (ELECTRA: its two losses and the discriminator's
     accuracy); each name is logged beside the loss and lands in the summary as ``val_<name>``.
+    ``resumable``: a SIGINT / SIGTERM stops after the step with a checkpoint there (:class:`StopRequest`)
+    and says how to resume; False for callers whose run dir does not outlive an interruption (compress
+    builds its output in a temporary folder): the signal then acts at once, without that message.
     Returns a summary: steps, tokens, seconds, final train loss, val loss and perplexity.
     """
     run_dir = Path(run_dir)
@@ -335,7 +339,8 @@ def fit(
     net.train()
     stop = StopRequest(announce=info.is_main)
     try:
-        stop.install()
+        if resumable:
+            stop.install()
         for step in range(start, cfg.max_steps):
             set_lr(optimizer, lr := lr_at(step, cfg))
             loss_sum = torch.zeros((), device=device)
@@ -405,7 +410,7 @@ def fit(
                 raise Stopped(stop.signum or signal.SIGINT)  # a rank without the signal stops with its peers
     except KeyboardInterrupt:
         bar.close()
-        if info.is_main:
+        if info.is_main and resumable:
             kept = f"the last checkpoint (step {last_saved}) is in {run_dir}" if last_saved else "no checkpoint was written yet"
             print(f"lmforge: interrupted; {kept}: continue with --resume {run_dir}", file=sys.stderr)
         raise

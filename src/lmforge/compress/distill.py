@@ -339,7 +339,8 @@ def _train(tmp: Path, src: Path, teacher: nn.Module, tok, cfg, progress: bool) -
         ws, wt = batches.widths(student)
         proj = nn.Linear(ws, wt) if ws != wt else None
     loss = functools.partial(distill_loss, temperature=d.temperature, alpha=d.alpha, hidden_weight=d.hidden_weight)
-    s = fit(Distiller(student, proj), batches, cfg.train, tmp, loss_fn=loss, progress=progress, val_accuracy=labels)
+    s = fit(Distiller(student, proj), batches, cfg.train, tmp, loss_fn=loss, progress=progress, val_accuracy=labels,
+            resumable=False)  # built in a temporary folder that an interruption removes
     ckpt.save_tensors(tmp / ckpt.WEIGHTS, student.state_dict(), {"lmforge": "distilled"})  # without the projection
     (tmp / ckpt.TRAIN_STATE).unlink(missing_ok=True)  # fit()'s resume state: not part of the run
     if not labels:  # `lmforge evaluate` reads an LM run's own shards

@@ -264,7 +264,7 @@ def recover(model: nn.Module, cfg, src: Path, tok, steps: int, lr: float, run_di
         net, loss_fn = Distiller(model), functools.partial(distill_loss, temperature=temperature, alpha=alpha)
     hook = masks if isinstance(masks, GradualMasks) else (lambda step: apply_masks(model, masks)) if masks else None
     summary = fit(net, batches, train, run_dir, loss_fn=loss_fn, progress=progress, after_step=hook,
-                  val_accuracy=bool(cfg.finetune.labels))
+                  val_accuracy=bool(cfg.finetune.labels), resumable=False)
     (run_dir / ckpt.TRAIN_STATE).unlink(missing_ok=True)  # resume state of the recovery: not part of the run
     model.eval()
     return summary
