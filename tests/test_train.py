@@ -198,7 +198,7 @@ def test_stop_request_repeats_within_a_second_are_one_request_a_later_one_acts_a
     import os
     import signal
 
-    from lmforge.train import StopRequest
+    from lmforge.stopping import StopRequest
 
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("SIGINT is not Python's default handler here")

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -36,6 +34,7 @@ from lmforge import distributed
 from lmforge.config import TrainConfig
 from lmforge.errors import UserError
 from lmforge.optim import build_optimizer, lr_at, set_lr
+from lmforge.stopping import StopRequest
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -135,64 +134,6 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable, loss_fn: LossFn, de
     if with_accuracy:
         return loss, (total[2] / total[1]).item() if total[1] > 0 else float("nan")
     return loss
-
-
-class Stopped(KeyboardInterrupt):
-    """``fit()`` stopped on a signal after writing a checkpoint; ``signum`` says which (exit 128 + signum)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class StopRequest:
-    """SIGINT (Ctrl-C) or SIGTERM during ``fit()``: the first asks the loop to finish its step, write a
-    checkpoint there and stop (``signum`` is then set); one more, over a second later, acts at once as it
-    always did. Repeats within that second are the same request arriving twice: a terminal's Ctrl-C
-    reaches torchrun's workers directly and again through their agent, and a scheduler's SIGTERM
-    (SLURM preemption, Kubernetes) may too. Inactive off the main thread; an ignored signal (a
-    background job's SIGINT) stays ignored."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    REPEAT_WINDOW = 1.0  # seconds
-
-    def __init__(self, announce: bool = True) -> None:
-        self.signum = 0
-        self.announce = announce
-        self.active = threading.current_thread() is threading.main_thread()
-        self._previous: dict[int, object] = {}
-        self._first = 0.0
-
-    def _handle(self, signum, frame) -> None:
-        now = time.monotonic()
-        if not self.signum:
-            self.signum, self._first = signum, now
-            if self.announce:
-                name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-                print(f"\nlmforge: {name}: stopping after this step, with a checkpoint ({name} again: stop now, "
-                      "without one)", file=sys.stderr, flush=True)
-            return
-        if now - self._first < self.REPEAT_WINDOW:
-            return
-        previous = self._previous.get(signum, signal.SIG_DFL)
-        self.restore()
-        if callable(previous):  # Python's own SIGINT handler: KeyboardInterrupt
-            previous(signum, frame)
-        else:  # the default action (SIGTERM: terminate)
-            signal.raise_signal(signum)
-
-    def install(self) -> None:
-        if not self.active:
-            return
-        for sig in self.SIGNALS:
-            if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # None: a handler set outside Python, kept
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        """Put the handlers that were there before :meth:`install` back."""
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous = {}
 
 
 class EMA:
@@ -407,7 +348,7 @@ def fit(
             if done % cfg.save_interval == 0 or done == cfg.max_steps or stopping:
                 save(done, elapsed_before + time.perf_counter() - t0)
             if stopping and done < cfg.max_steps:
-                raise Stopped(stop.signum or signal.SIGINT)  # a rank without the signal stops with its peers
+                raise stop.stopped()  # every rank, signalled or not, stops after this same step
     except KeyboardInterrupt:
         bar.close()
         if info.is_main and resumable:
