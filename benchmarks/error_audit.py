@@ -52,9 +52,9 @@ def errors(run_dir: str, data: str | None, split: str) -> tuple[list[dict], int,
         raise UserError(f"{run_dir}: not a classifier (no finetune.labels); an error audit needs one")
     d = load_labelled(data or ft.data, split, ft.text_column, ft.label_column, ft.label_names)
     probs = predict_proba(model, tok, d.texts, cfg.classifier_max_length)
+    right = (probs.argmax(-1) == torch.tensor(d.labels)).tolist()
     out = [{"index": i, "label": ft.label_names[y], "p_label": round(float(probs[i, y]), 3), "text": d.texts[i]}
-           for i, y in enumerate(d.labels) if int(probs[i].argmax()) != y]
-    right = [int(probs[i].argmax()) == y for i, y in enumerate(d.labels)]
+           for i, y in enumerate(d.labels) if not right[i]]
     lengths = [len(ids) for ids in tok.encode_batch(d.texts)]
     edges = [0, *LENGTHS, float("inf")]
     by_length = {}
