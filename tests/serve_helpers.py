@@ -26,6 +26,7 @@ from lmforge.generate import generate, stream_decode  # noqa: E402
 from lmforge.serve import bind  # noqa: E402
 from lmforge.serve.app import create_app  # noqa: E402
 from lmforge.serve.limits import Limits  # noqa: E402
+from lmforge.serve.protocol import server_config  # noqa: E402
 from lmforge.serve.registry import load_models  # noqa: E402
 from lmforge.tokenizer import train_tokenizer  # noqa: E402
 
@@ -130,9 +131,10 @@ def slow_models(models):
 
 @contextlib.contextmanager
 def running(app):
-    """``app`` under uvicorn in a thread on a free loopback port; yields its base URL."""
+    """``app`` under uvicorn in a thread on a free loopback port, configured as `lmforge serve` runs it (its
+    Limits' header deadline, keep-alive and connection cap); yields its base URL."""
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    server = uvicorn.Server(server_config(app, log_level="warning", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     for _ in range(500):

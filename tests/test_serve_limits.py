@@ -65,6 +65,14 @@ def test_token_count_and_input_limits(http):
     ('{"model": 3, "prompt": "a"}', 422, "model"),
     ('{"model": "lm", "echo": true}', 400, "echo"),
     ('{"model": "lm", "logprobs": 2}', 400, "logprobs"),
+    # lone surrogates are valid JSON but not text: 422, not the tokenizer's TypeError (a 500)
+    ('{"model": "lm", "prompt": "\\ud800"}', 422, "prompt"),
+    ('{"model": "lm", "prompt": ["ok", "a\\udfffb"]}', 422, "prompt"),
+    ('{"model": "lm", "prompt": "a", "stop": ["\\udc00"]}', 422, "stop"),
+    ('{"model": "lm\\ud800", "prompt": "a"}', 422, "model"),
+    ('{"model": "lm", "top_p": NaN}', 422, "top_p"),
+    ('{"model": "lm", "top_p": Infinity}', 422, "top_p"),
+    ('{"model": "lm", "temperature": -Infinity}', 422, "temperature"),
 ])
 def test_bad_completion_bodies_get_json_errors(http, body, status, param):
     r = http.post("/v1/completions", content=body, headers={"content-type": "application/json"})
@@ -75,12 +83,47 @@ def test_bad_classify_bodies_and_unknown_things(http):
     for body in ('{"model": "clf-gpt", "input": [1, 2]}', '{"model": "clf-gpt"}', '{"model": "clf-gpt", "input": null}'):
         assert assert_error(http.post("/v1/classify", content=body, headers={"content-type": "application/json"}), 422)["param"] == "input"
     assert_error(http.post("/v1/classify", content="input=x"), 422)  # a form body, not JSON
+    for body in ('{"model": "clf-gpt", "input": "\\ud800"}', '{"model": "clf-lstm", "input": ["fine", "x\\udbff"]}'):
+        err = assert_error(http.post("/v1/classify", content=body, headers={"content-type": "application/json"}), 422)
+        assert err["param"] == "input" and "lone surrogate" in err["message"], err
+        assert err["message"].startswith("input: " if "[" not in body else "input[1]: "), err
     assert_error(http.post("/v1/classify", json={"model": "nope", "input": ["x"]}), 404, "model_not_found")
     assert_error(http.post("/v1/completions", json={"model": "nope", "prompt": "x"}), 404, "model_not_found")
     assert_error(http.post("/v1/completions", json={"model": "clf-gpt", "prompt": "x"}), 400, "wrong_model_kind")
     assert_error(http.post("/v1/classify", json={"model": "lm", "input": ["x"]}), 400, "wrong_model_kind")
     assert_error(http.get("/v1/nothing-here"), 404, "not_found")
     assert_error(http.get("/v1/completions"), 405, "method_not_allowed")
+
+
+def test_tiny_top_p_and_temperature_are_not_a_500(http):
+    """1e-300 passes `> 0` but is 0 in float32: top_p then kept no token and the temperature overflowed the logits."""
+    def text(**kw):
+        r = http.post("/v1/completions", json={"model": "lm", "prompt": "the", "max_tokens": 8, "seed": 1, **kw})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["text"]
+
+    greedy = text(temperature=0)
+    for tiny in (1e-300, 5e-324, 1e-45):
+        assert text(top_p=tiny) == text(top_k=1)  # the most likely token only
+        assert text(temperature=tiny) == greedy
+        assert text(temperature=tiny, top_p=tiny, stream=False) == greedy
+    req = {"model": "lm", "prompt": "the", "max_tokens": 4, "top_p": 1e-300, "stream": True}
+    assert http.post("/v1/completions", json=req).text.endswith("data: [DONE]\n\n")
+
+
+def test_negative_seeds_and_bodies_that_are_not_utf8(http):
+    req = {"model": "lm", "prompt": "the", "max_tokens": 6, "seed": -1}
+    first = http.post("/v1/completions", json=req)  # generate() takes [0, 2**64): the server maps seed mod 2**64
+    assert first.status_code == 200, first.text
+    assert http.post("/v1/completions", json=req).json()["choices"] == first.json()["choices"]
+    for body in (b'{"model": "lm", "prompt": "\xff"}', b'\xff\xfe{}', b"[" * 50_000):
+        r = http.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+        assert assert_error(r, 400, "invalid_json")["message"].startswith("request body is not valid JSON")
+
+
+def test_head_healthz_answers_200(http):
+    r = http.head("/healthz")
+    assert r.status_code == 200 and r.content == b""
 
 
 def test_a_generation_stopped_by_its_deadline_reports_no_finish(slow_models):
@@ -237,7 +280,8 @@ def test_help_lists_the_flags(capsys):
 def test_bad_flags_and_a_busy_port_are_one_line_errors(runs, capsys):
     assert "--timeout" in refused(capsys, runs["lm"], "--timeout", "0")
     assert "--max-inputs" in refused(capsys, runs["lm"], "--max-inputs", "0")
-    assert "--api-key: empty key" in refused(capsys, runs["lm"], "--api-key", " ")
+    assert "--api-key: expected a key of printable ASCII characters, got only spaces" in refused(
+        capsys, runs["lm"], "--api-key", " ")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)

@@ -161,8 +161,12 @@ def cmd_serve(args) -> None:
 
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                     max_completion_tokens=args.max_completion_tokens, max_inputs=args.max_inputs,
-                    timeout_s=args.timeout, max_concurrent=args.max_concurrent)
-    serve(args.run_dirs, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LMFORGE_API_KEY"),
+                    timeout_s=args.timeout, max_concurrent=args.max_concurrent, header_timeout_s=args.header_timeout,
+                    keep_alive_s=args.keep_alive, max_connections=args.max_connections)
+    # an empty --api-key (or LMFORGE_API_KEY set but empty) is an error in serve(), never "no key"
+    source = "--api-key" if args.api_key is not None else "LMFORGE_API_KEY"
+    key = args.api_key if args.api_key is not None else os.environ.get("LMFORGE_API_KEY")
+    serve(args.run_dirs, host=args.host, port=args.port, api_key=key, api_key_source=source,
           limits=limits, batching=not args.no_batching, batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
           workers=args.workers, threads=args.threads, log_level=args.log_level)
 
@@ -289,9 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dirs to serve (GPT LMs, classifiers, compressed "
                     "runs); a model's id is its folder name")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port, printed)")
-    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: "
-                    "$LMFORGE_API_KEY if set, else no key)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535 (default 8000; 0 = any free port, "
+                    "printed)")
+    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*; printable ASCII, "
+                    "no spaces; empty is an error (default: $LMFORGE_API_KEY if set, else no key)")
     sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413 (default 1 MiB)")
     sv.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts get 400 (default 1024)")
     sv.add_argument("--max-completion-tokens", type=int, default=512, help="a larger max_tokens gets 422 (default 512)")
@@ -299,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default 64)")
     sv.add_argument("--timeout", type=float, default=30.0, help="seconds per request, upload included; then 408 (default 30)")
     sv.add_argument("--max-concurrent", type=int, default=256, help="requests in flight; more get 503 (default 256)")
+    sv.add_argument("--header-timeout", type=float, default=10.0, help="seconds for a request's line and headers to "
+                    "arrive; then 408 and the connection is closed (default 10)")
+    sv.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle kept-alive connection stays open "
+                    "(default 5)")
+    sv.add_argument("--max-connections", type=int, default=1024, help="open connections; a request on one more gets "
+                    "503 (default 1024)")
     sv.add_argument("--batch-window-ms", type=float, default=5.0, help="classify: how long the first request of a "
                     "batch waits for others (default 5)")
     sv.add_argument("--max-batch", type=int, default=32, help="classify: texts per forward pass at most (default 32)")

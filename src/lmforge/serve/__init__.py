@@ -10,8 +10,9 @@ Endpoints (see ``/docs`` for the schema, ``/openapi.json`` for the machine-reada
 
 Module map: ``registry`` (check and load run dirs), ``app`` (routes), ``completion`` (generation in
 worker threads, SSE), ``batching`` (classify requests grouped into forward passes), ``limits``
-(limits, API key, the JSON error shape), ``schemas`` (request / response bodies).
-FastAPI and uvicorn are the ``serve`` extra: ``pip install -e '.[serve]'``.
+(limits, API key, the JSON error shape), ``schemas`` (request / response bodies), ``protocol``
+(uvicorn's HTTP/1.1 connection plus a header deadline and a connection cap).
+FastAPI, uvicorn and fastapi-offline (the /docs assets) are the ``serve`` extra: ``pip install -e '.[serve]'``.
 """
 
 from __future__ import annotations
@@ -56,23 +57,75 @@ def is_loopback(sock: socket.socket) -> bool:
         return False
 
 
+def check_api_key(key: str | None, source: str = "--api-key") -> str | None:
+    """``key`` if it can work as a Bearer key, else a UserError naming ``source`` (the flag or the variable).
+
+    A key is 1 or more printable ASCII characters without spaces: HTTP headers are read as latin-1 and
+    split on spaces, so any other key could never match. The key itself is never echoed.
+    """
+    if key is None:
+        return None
+    if not key.strip():
+        got = "an empty string" if not key else "only spaces"
+        if source.startswith("--"):
+            raise UserError(f"{source}: expected a key of printable ASCII characters, got {got} "
+                            "(an unset variable in --api-key \"$VAR\"?)")
+        raise UserError(f"{source}: expected a key of printable ASCII characters, got {got} (the variable is set "
+                        "but empty: unset it to serve without a key)")
+    for i, c in enumerate(key):
+        if not "!" <= c <= "~":
+            what = ("a space" if c == " " else "a control character" if ord(c) < 32 or ord(c) == 127
+                    else "a non-ASCII character")
+            raise UserError(f"{source}: expected printable ASCII characters only (no spaces or control characters), "
+                            f"got {what} at position {i + 1}")
+    return key
+
+
+def _check_int(flag: str, value, low: int = 1, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        want = f"an integer >= {low}" if high is None else f"an integer in {low}-{high}"
+        raise UserError(f"{flag}: expected {want}, got {value!r}")
+
+
+MAX_THREADS = 1024
+
+
+def check_options(port: int = 8000, batch_window_ms: float = 5.0, max_batch: int = 32, workers: int | None = None,
+                  threads: int = 1) -> None:
+    """A UserError naming the flag of the first bad option (``--port``, ``--batch-window-ms`` ...)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UserError(f"--port: expected an integer in 1-65535 (0 = any free port), got {port!r}")
+    if (isinstance(batch_window_ms, bool) or not isinstance(batch_window_ms, (int, float))
+            or not 0 <= batch_window_ms < float("inf")):
+        raise UserError(f"--batch-window-ms: expected a finite number >= 0, got {batch_window_ms!r}")
+    _check_int("--max-batch", max_batch)
+    if workers is not None:
+        _check_int("--workers", workers)
+    _check_int("--threads", threads)
+    if threads > MAX_THREADS:
+        raise UserError(f"--threads: expected an integer in 1-{MAX_THREADS}, got {threads}")
+
+
 def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           limits=None, batching: bool = True, batch_window_ms: float = 5.0, max_batch: int = 32,
-          workers: int | None = None, threads: int = 1, log_level: str = "info") -> None:
-    """Load the run dirs (refusing pickles), bind ``host:port``, print the URL and serve until SIGINT / SIGTERM."""
+          workers: int | None = None, threads: int = 1, log_level: str = "info",
+          api_key_source: str = "--api-key") -> None:
+    """Load the run dirs (refusing pickles), bind ``host:port``, print the URL and serve until SIGINT / SIGTERM.
+
+    ``api_key_source`` names where the key came from in error messages (``LMFORGE_API_KEY``).
+    """
     _require_extra()
     import torch
     import uvicorn
 
     from lmforge.serve.app import create_app
     from lmforge.serve.limits import Limits
+    from lmforge.serve.protocol import server_config
     from lmforge.serve.registry import load_models
 
     limits = limits or Limits()
-    if batch_window_ms < 0 or max_batch < 1 or (workers is not None and workers < 1) or threads < 1:
-        raise UserError("--batch-window-ms must be >= 0, --max-batch, --workers and --threads >= 1")
-    if api_key is not None and not api_key.strip():
-        raise UserError("--api-key: empty key")
+    check_options(port, batch_window_ms, max_batch, workers, threads)
+    api_key = check_api_key(api_key, api_key_source)
     torch.set_num_threads(threads)
     models = load_models(run_dirs)
     app = create_app(models, limits, api_key, batching, batch_window_ms, max_batch, workers)
@@ -84,5 +137,4 @@ def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000, api_ke
     kinds = ", ".join(f"{i} ({m.kind})" for i, m in models.items())
     print(f"lmforge serve: {kinds} on {url} (docs: {url}/docs; batching {'on' if batching else 'off'}; "
           f"pid {os.getpid()})", flush=True)
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, timeout_keep_alive=30)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(server_config(app, log_level=log_level, timeout_graceful_shutdown=5)).run(sockets=[sock])

@@ -2,6 +2,10 @@
 
 ``create_app(models)`` needs no network: tests and the load benchmark run it under uvicorn on a
 loopback port; ``lmforge serve`` (:func:`lmforge.serve.serve`) does the same with the run dirs it loads.
+
+``/docs`` (Swagger UI) and ``/redoc`` load their scripts and styles from this server, never from a CDN
+or Google Fonts: the files come from the ``fastapi-offline`` package (in the ``serve`` extra), served
+under ``/docs/assets/``. Without that package both pages say how to get it and point to ``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
 
@@ -28,13 +32,18 @@ from lmforge.serve.schemas import (ClassifyRequest, ClassifyResponse, Completion
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 408, 413, 422, 503)}
 UNION_FIELDS = {"prompt": "a string, a list of strings, a list of token ids or a list of such lists",
                 "input": "a string or a list of strings", "stop": "a string or a list of strings"}
+TINY = 1e-20  # a temperature below this is greedy, a top_p below this keeps the most likely token only
+DOCS_ASSETS = "/docs/assets"
 
 
 def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api_key: str | None = None,
                batching: bool = True, batch_window_ms: float = 5.0, max_batch: int = 32,
                workers: int | None = None) -> FastAPI:
     """The app serving ``models`` ({id: ServedModel}); ``workers`` threads run generation, as many run classification."""
+    from lmforge.serve import check_api_key
+
     limits = limits or Limits()
+    api_key = check_api_key(api_key, "api_key")  # one that could never match (empty, non-ASCII) is an error
     workers = workers or min(4, os.cpu_count() or 1)
     gen_pool = ThreadPoolExecutor(workers, thread_name_prefix="lmforge-generate")
     clf_pool = ThreadPoolExecutor(workers, thread_name_prefix="lmforge-classify")
@@ -51,12 +60,14 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
             pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="lmforge serve", version=__import__("lmforge").__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # added by _add_docs: local assets, no CDN
                   description="OpenAI-compatible completions and a classify endpoint for lmforge run dirs. "
                               "Errors are `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`.")
     app.state.models, app.state.batchers, app.state.limits = models, batchers, limits
     app.add_middleware(Guard, limits=limits, api_key=api_key)
     secured = [Depends(HTTPBearer(auto_error=False))] if api_key else []  # documents the key; Guard checks it
     _add_error_handlers(app)
+    _add_docs(app)
 
     def served(model_id: str, kind: str) -> ServedModel:
         sm = models.get(model_id)
@@ -73,6 +84,10 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
     @app.get("/healthz", tags=["health"], summary="liveness: 200 with the served model ids (no key needed)")
     async def healthz():
         return {"status": "ok", "models": list(models)}
+
+    @app.head("/healthz", include_in_schema=False)  # load balancers' probes; uvicorn sends no body for HEAD
+    async def healthz_head():
+        return await healthz()
 
     @app.get("/v1/models", response_model=ModelList, tags=["models"], dependencies=secured, responses=ERRORS,
              response_model_exclude_none=True,
@@ -151,19 +166,26 @@ def make_job(sm: ServedModel, body: CompletionRequest, limits: Limits) -> C.Job:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4 or "" in stop:
         raise APIError(422, "stop: expected at most 4 non-empty strings", "invalid_value", "stop")
-    prompts = encode_prompts(sm, body.prompt)
     n = body.n or 1
-    if len(prompts) * n > limits.max_inputs:
-        raise APIError(422, f"prompt, n: {len(prompts)} prompts x n={n} completions, the limit is {limits.max_inputs} "
+    p = body.prompt
+    count = 1 if isinstance(p, str) or (p and isinstance(p[0], int)) else len(p)
+    if count * n > limits.max_inputs:  # before any tokenizing
+        raise APIError(422, f"prompt, n: {count} prompts x n={n} completions, the limit is {limits.max_inputs} "
                             "per request", "invalid_value", "n" if n > 1 else "prompt")
+    prompts = encode_prompts(sm, p)
     for ids in prompts:
         if len(ids) > limits.max_prompt_tokens:
             raise APIError(400, f"prompt: {len(ids)} tokens, this server's limit is {limits.max_prompt_tokens}",
                            "prompt_too_long", "prompt")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return C.Job(sm.id, prompts, n, max_tokens, 1.0 if body.temperature is None else float(body.temperature),
-                 None if body.top_p in (None, 1) else float(body.top_p), body.top_k or None, body.seed, stop,
-                 bool(body.stream), include_usage)
+    temperature = 1.0 if body.temperature is None else float(body.temperature)
+    if temperature < TINY:  # logits / 1e-300 overflow float32 to inf (then NaN): such a temperature is greedy
+        temperature = 0.0
+    top_p, top_k = None if body.top_p in (None, 1) else float(body.top_p), body.top_k or None
+    if top_p is not None and top_p < TINY:  # rounds to 0 in float32, which would keep no token: keep the first
+        top_p, top_k = None, 1
+    return C.Job(sm.id, prompts, n, max_tokens, temperature, top_p, top_k, body.seed, stop, bool(body.stream),
+                 include_usage)
 
 
 def encode_prompts(sm: ServedModel, prompt) -> list[list[int]]:
@@ -204,21 +226,28 @@ def _add_error_handlers(app: FastAPI) -> None:
             if err["type"] == "json_invalid":
                 return reply(400, f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'decode error')})",
                              "invalid_json")
-        err = errors[0]
-        loc = [str(x) for x in err["loc"][1:]] if err["loc"] and err["loc"][0] == "body" else [str(x) for x in err["loc"]]
+        # a value error (a lone surrogate in a text) says more than the union's "not a list" for the other shapes
+        err = next((x for x in errors if x["type"] == "value_error"), errors[0])
+        loc = list(err["loc"][1:]) if err["loc"] and err["loc"][0] == "body" else list(err["loc"])
         if not loc:
             return reply(422, "request body: expected a JSON object (send it with Content-Type: application/json)",
                          "invalid_value")
-        field = loc[0]
-        if field in UNION_FIELDS and err["type"].endswith("_type"):
+        field = str(loc[0])
+        if err["type"] == "value_error":  # from a validator: its message, at the field (and item) it names
+            where = field + "".join(f"[{x}]" for x in loc[1:] if isinstance(x, int))
+            message = f"{where}: {err.get('ctx', {}).get('error', err['msg'])}"
+        elif field in UNION_FIELDS and err["type"].endswith("_type"):
             message = f"{field}: expected {UNION_FIELDS[field]}"
         else:
             got = repr(err.get("input"))
-            message = f"{'.'.join(loc)}: {err['msg']}" + ("" if err["type"] == "missing" else f" (got {got[:60]})")
+            message = f"{'.'.join(map(str, loc))}: {err['msg']}" + ("" if err["type"] == "missing" else f" (got {got[:60]})")
         return reply(422, message, "invalid_value", field)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, e: HTTPException):
+        if e.status_code == 400 and e.detail == "There was an error parsing the body":  # FastAPI's, for any body
+            return reply(400, "request body is not valid JSON (not UTF-8, too deeply nested or a number too long)",
+                         "invalid_json")
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
         return reply(e.status_code, message, code, headers=getattr(e, "headers", None))
@@ -226,3 +255,55 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal(request, e: Exception):  # a bug: still JSON, never a traceback
         return reply(500, f"internal error ({type(e).__name__})", "internal_error")
+
+
+def _docs_assets():
+    """The folder of fastapi-offline's Swagger UI and ReDoc files, or None without the package."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    from pathlib import Path
+
+    folder = Path(fastapi_offline.__file__).parent / "static"
+    needed = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+    return folder if all((folder / f).is_file() for f in needed) else None
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs`` and ``/redoc`` with every asset from this server (``/docs/assets/...``)."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    assets = _docs_assets()
+    if assets is not None:
+        from starlette.staticfiles import StaticFiles
+
+        app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    def missing(name: str) -> HTMLResponse:
+        return HTMLResponse(f"<!DOCTYPE html><html><head><title>{app.title}: {name}</title></head><body><p>{name} "
+                            "needs the <code>fastapi-offline</code> package, which ships its files (this server loads "
+                            "nothing from other sites): <code>pip install -e '.[serve]'</code>. The API schema is at "
+                            "<a href=\"openapi.json\">/openapi.json</a>.</p></body></html>")
+
+    def root(request: Request) -> str:
+        return request.scope.get("root_path", "")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request):
+        if assets is None:
+            return missing("Swagger UI")
+        r = root(request) + DOCS_ASSETS
+        return get_swagger_ui_html(openapi_url=root(request) + app.openapi_url, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{r}/swagger-ui-bundle.js", swagger_css_url=f"{r}/swagger-ui.css",
+                                   swagger_favicon_url=f"{r}/favicon.png",
+                                   swagger_ui_parameters={"validatorUrl": None})  # no badge from validator.swagger.io
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request):
+        if assets is None:
+            return missing("ReDoc")
+        r = root(request) + DOCS_ASSETS
+        return get_redoc_html(openapi_url=root(request) + app.openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{r}/redoc.standalone.js", redoc_favicon_url=f"{r}/favicon.png",
+                              with_google_fonts=False)

@@ -98,7 +98,8 @@ def run_job(sm, job: Job, emit, cancel: threading.Event, deadline: float = float
         for j, ids in enumerate(job.prompts):
             for k in range(job.n):
                 index = j * job.n + k
-                seed = None if job.seed is None else job.seed + index
+                # generate() takes seeds in [0, 2**64); torch always read a negative one modulo 2**64
+                seed = None if job.seed is None else (job.seed + index) % 2**64
                 held = []  # without streaming, a choice's text is sent once: fewer wake-ups of the event loop
                 if stopped():  # e.g. it waited for a worker until its request timed out
                     return

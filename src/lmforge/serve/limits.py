@@ -9,10 +9,12 @@ Every error the server sends has OpenAI's shape, ``{"error": {"message", "type",
  400   ``wrong_model_kind``       completions on a classifier, or classify on a language model
  401   ``invalid_api_key``        ``--api-key`` is set and the Bearer key is missing or wrong
  404   ``model_not_found``        no served model has that id (and unknown paths: ``not_found``)
- 408   ``timeout``                the request took longer than ``timeout_s`` (body upload included)
+ 408   ``timeout``                the request took longer than ``timeout_s`` (body upload included), or
+                                  its line and headers took longer than ``header_timeout_s`` (then closed)
  413   ``body_too_large``         the body exceeds ``max_body_bytes``
  422   ``invalid_value``          wrong types or values, ``max_tokens`` above the cap, too many inputs
- 503   ``overloaded``             more than ``max_concurrent`` requests in flight (retry later)
+ 503   ``overloaded``             more than ``max_concurrent`` requests in flight, or more than
+                                  ``max_connections`` connections open (retry later)
 =====  =========================  ==================================================================
 """
 
@@ -35,15 +37,27 @@ class Limits:
     max_inputs: int = 64  # classify inputs, or completion prompts x n, per request; 422 above
     timeout_s: float = 30.0  # body upload + queueing + compute; 408 after
     max_concurrent: int = 256  # requests in flight; 503 beyond
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this; 408 and closed after
+    keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 1024  # open connections; a request on one beyond gets 503 and the connection is closed
 
     def __post_init__(self) -> None:
         from lmforge.errors import UserError
 
-        for name in ("max_body_bytes", "max_prompt_tokens", "max_completion_tokens", "max_inputs", "max_concurrent"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
-        if not self.timeout_s > 0:
-            raise UserError(f"--timeout: expected a positive number of seconds, got {self.timeout_s}")
+        for name, flag in INT_FLAGS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{flag}: expected an integer >= 1, got {value!r}")
+        for name, flag in SECONDS_FLAGS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise UserError(f"{flag}: expected a finite number of seconds > 0, got {value!r}")
+
+
+INT_FLAGS = {"max_body_bytes": "--max-body-bytes", "max_prompt_tokens": "--max-prompt-tokens",
+             "max_completion_tokens": "--max-completion-tokens", "max_inputs": "--max-inputs",
+             "max_concurrent": "--max-concurrent", "max_connections": "--max-connections"}
+SECONDS_FLAGS = {"timeout_s": "--timeout", "header_timeout_s": "--header-timeout", "keep_alive_s": "--keep-alive"}
 
 
 class APIError(Exception):

@@ -7,11 +7,24 @@ API does for fields it does not know; known fields that lmforge cannot honour ar
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 Number = Union[StrictInt, StrictFloat]
+
+
+def _valid_unicode(text: str) -> str:
+    """JSON may carry lone surrogates (``"\\ud800"``), which are not text: no tokenizer or UTF-8 reply takes them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"expected valid Unicode text, got a lone surrogate {text[e.start]!r} at character "
+                         f"{e.start + 1}") from None
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
 
 
 class StreamOptions(BaseModel):
@@ -21,30 +34,31 @@ class StreamOptions(BaseModel):
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr = Field(description="a served model id (GET /v1/models)")
-    prompt: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]] = Field(
+    model: Text = Field(description="a served model id (GET /v1/models)")
+    prompt: Union[Text, list[Text], list[StrictInt], list[list[StrictInt]]] = Field(
         "", description="a string, a list of strings, a list of token ids or a list of such lists; "
                         "an empty string starts from the tokenizer's bos token")
     max_tokens: Optional[StrictInt] = Field(16, ge=0, description="tokens to generate at most (capped by the server)")
-    temperature: Optional[Number] = Field(1.0, ge=0, le=2, description="0 = greedy")
-    top_p: Optional[Number] = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    temperature: Optional[Number] = Field(1.0, ge=0, le=2, description="0 = greedy (so are values below 1e-20)")
+    top_p: Optional[Number] = Field(1.0, gt=0, le=1, description="nucleus sampling; values below 1e-20 keep the most "
+                                    "likely token only")
     top_k: Optional[StrictInt] = Field(None, ge=0, description="lmforge extension: sample among the k most likely tokens")
     n: Optional[StrictInt] = Field(1, ge=1, description="completions per prompt")
-    stop: Union[StrictStr, list[StrictStr], None] = Field(None, description="up to 4 strings; generation stops "
-                                                          "before the first one, which is not returned")
+    stop: Union[Text, list[Text], None] = Field(None, description="up to 4 strings; generation stops "
+                                                "before the first one, which is not returned")
     seed: Optional[StrictInt] = Field(None, ge=-(2**62), le=2**62, description="reproducible sampling; choice i "
                                       "uses seed + i")
     stream: Optional[StrictBool] = Field(False, description="server-sent events, OpenAI's chunk format, then [DONE]")
     stream_options: Optional[StreamOptions] = None
-    user: Optional[StrictStr] = None
+    user: Optional[Text] = None
     # accepted for compatibility; values other than these defaults are refused (400)
     echo: Optional[StrictBool] = False
     logprobs: Optional[StrictInt] = None
     best_of: Optional[StrictInt] = None
-    suffix: Optional[StrictStr] = None
+    suffix: Optional[Text] = None
     presence_penalty: Optional[Number] = 0
     frequency_penalty: Optional[Number] = 0
-    logit_bias: Optional[dict[str, Number]] = None
+    logit_bias: Optional[dict[Text, Number]] = None
 
 
 class Usage(BaseModel):
@@ -72,9 +86,9 @@ class CompletionResponse(BaseModel):
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr = Field(description="a served classifier id (GET /v1/models)")
-    input: Union[StrictStr, list[StrictStr]] = Field(description="a text or a list of texts; each is truncated to "
-                                                     "the model's max_length tokens")
+    model: Text = Field(description="a served classifier id (GET /v1/models)")
+    input: Union[Text, list[Text]] = Field(description="a text or a list of texts; each is truncated to "
+                                           "the model's max_length tokens")
 
 
 class ClassifyResult(BaseModel):
