@@ -80,13 +80,14 @@ def cmd_finetune(args) -> None:
 def cmd_generate(args) -> None:
     from lmforge.generate import complete
 
+    pieces = complete(  # checks the arguments and loads the run: nothing is written before that passed
+        args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device,
+    )
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
-    for piece in complete(
-        args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device,
-    ):
+    for piece in pieces:
         out.write(piece)
         out.flush()
     out.write("\n")
@@ -95,10 +96,12 @@ def cmd_generate(args) -> None:
 def cmd_evaluate(args) -> None:
     from lmforge.evaluate import evaluate_run
 
+    if args.json is not None and not args.json.strip():  # checked before the evaluation, not silently skipped after it
+        raise UserError(f"--json: expected a file name to write the result to, got {args.json!r}")
     result = evaluate_run(args.run_dir, data=args.data, split=args.split, max_batches=args.max_batches,
                           text_column=args.text_column, label_column=args.label_column, compile=args.compile)
     text = json.dumps(result, indent=2, ensure_ascii=False)
-    if args.json:
+    if args.json is not None:
         from lmforge.checkpoint import atomic_write_text
 
         atomic_write_text(args.json, text + "\n")
@@ -323,6 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+MAX_ERROR_CHARS = 2000  # an error echoes at most this much (a path or a value may be huge)
+
+
+def one_line(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    r"""``message`` as one line (a newline or carriage return shown as \n, \r), cut to ``limit`` characters.
+
+    >>> one_line("a\nb"), len(one_line("x" * 10**6)) <= MAX_ERROR_CHARS
+    ('a\\nb', True)
+    """
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"lmforge: warning: {message}", file=sys.stderr if file is None else file)
 
@@ -342,13 +358,20 @@ def main(argv: list[str] | None = None) -> int:
         func(args)
         return 0
     except UserError as e:
-        print(f"lmforge: error: {e}", file=sys.stderr)
-        return 2
+        print(f"lmforge: error: {one_line(str(e))}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)  # 2: bad input; 1: the machine failed (a full disk)
     except KeyboardInterrupt as e:  # Ctrl-C, or train.Stopped after the checkpoint a SIGINT / SIGTERM asked for
-        print("lmforge: interrupted", file=sys.stderr)
+        if not getattr(e, "reported", False):  # fit() has already said so, and where its last checkpoint is
+            print("lmforge: interrupted", file=sys.stderr)
         return 128 + getattr(e, "signum", 2)
     except BrokenPipeError:  # `lmforge generate ... | head`
         return 0
+    except OSError as e:  # a file the API did not wrap (an unreadable input, a folder it could not make)
+        import errno
+
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"lmforge: error: {one_line(where + (e.strerror or str(e)).lower())}", file=sys.stderr)
+        return 1 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 2
 
 
 if __name__ == "__main__":

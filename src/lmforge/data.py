@@ -31,6 +31,7 @@ from lmforge.errors import UserError
 from lmforge.fileio import atomic_write_bytes
 
 LINES_PER_CHUNK = 4096
+CHARS_PER_CHUNK = 1 << 20  # and at most about this many characters per encode_batch call
 
 
 def _sha256(text: str) -> str:
@@ -62,16 +63,49 @@ class TokenData:
         return cls(splits["train"], splits["val"], meta["vocab_size"], dtype, meta)
 
 
-def _encode_text(tokenizer, text: str, desc: str) -> np.ndarray:
-    """``tokenizer.encode(text)`` in batches of lines (each keeps its "\\n"), as one array."""
-    lines = text.split("\n")
-    lines = [l + "\n" for l in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
-    chunks = range(0, len(lines), LINES_PER_CHUNK)
-    bar = tqdm(chunks, desc=f"tokenizing {desc}", unit="chunk", file=sys.stderr,
+def _lines(text: str, specials: tuple[str, ...] | None = None) -> Iterator[str]:
+    """The lines of ``text``, each with its "\\n" (the last without, if the text ends without one); a line of
+    more than PIECE_CHARS characters comes in pieces cut where byte-level BPE cuts anyway, never inside one of
+    ``specials`` (the same ids for lmforge's and GPT-2's tokenizers, and WordPiece's, whose words end at a space;
+    a pre-tokenizer that marks word starts, such as Metaspace, may see a piece's start as one)."""
+    from lmforge.tokenizer import PIECE_CHARS, SPECIAL_TOKENS, text_pieces
+
+    specials = tuple(SPECIAL_TOKENS.values()) if specials is None else specials
+
+    start, n = 0, len(text)
+    while start < n:
+        end = text.find("\n", start)
+        end = n if end == -1 else end + 1
+        if end - start > PIECE_CHARS:
+            yield from text_pieces(text[start:end], specials=specials)
+        else:
+            yield text[start:end]
+        start = end
+
+
+def _batches(text: str, specials: tuple[str, ...] | None = None) -> Iterator[list[str]]:
+    """Lines (or pieces of long ones) in batches of at most LINES_PER_CHUNK items and about CHARS_PER_CHUNK
+    characters: what one ``encode_batch`` holds in memory stays bounded, however the text is laid out."""
+    batch: list[str] = []
+    chars = 0
+    for line in _lines(text, specials):
+        batch.append(line)
+        chars += len(line)
+        if len(batch) >= LINES_PER_CHUNK or chars >= CHARS_PER_CHUNK:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _encode_text(tokenizer, text: str, desc: str, dtype=np.int64) -> np.ndarray:
+    """``tokenizer.encode(text)`` in batches of lines (each keeps its "\\n"), as one array of ``dtype``."""
+    hf = getattr(tokenizer, "hf", None)
+    specials = tuple(t.content for t in hf.get_added_tokens_decoder().values()) if hf is not None else None
+    bar = tqdm(_batches(text, specials), desc=f"tokenizing {desc}", unit="chunk", file=sys.stderr,
                disable=len(text) < 2_000_000, leave=False)
-    parts = [np.fromiter(chain.from_iterable(tokenizer.encode_batch(lines[s : s + LINES_PER_CHUNK])), np.int64)
-             for s in bar]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    parts = [np.fromiter(chain.from_iterable(tokenizer.encode_batch(batch)), np.int64).astype(dtype) for batch in bar]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
 def prepare_tokens(tokenizer, train_text: str, val_text: str, out_dir: str | os.PathLike) -> TokenData:
@@ -91,8 +125,8 @@ def prepare_tokens(tokenizer, train_text: str, val_text: str, out_dir: str | os.
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
     meta = {"dtype": dtype.name, "vocab_size": tokenizer.vocab_size, **fingerprint}
     for split, text in (("train", train_text), ("val", val_text)):
-        ids = _encode_text(tokenizer, text, split)
-        atomic_write_bytes(out_dir / f"{split}.bin", ids.astype(dtype).tobytes())
+        ids = _encode_text(tokenizer, text, split, dtype)
+        atomic_write_bytes(out_dir / f"{split}.bin", ids.tobytes())
         meta[f"{split}_tokens"] = int(ids.size)
         meta[f"{split}_chars"] = len(text)
     atomic_write_bytes(out_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())

@@ -348,6 +348,8 @@ def load_text(spec: str, val_fraction: float = 0.05) -> tuple[str, str]:
     labels, one per line: train texts to train, val texts to val, its test split never (so
     domain-adaptive pretraining on a task's own texts cannot see the texts it is scored on).
     """
+    if not spec.strip():  # Path("") is the current folder: never read it by accident
+        raise UserError(f"data.path {spec!r}: expected a data set name, a .txt file or a folder of them")
     if "," in spec and not Path(spec).expanduser().exists():
         parts = [s.strip() for s in spec.split(",")]
         if not all(parts):

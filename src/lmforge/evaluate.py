@@ -19,6 +19,14 @@ from lmforge.distributed import DistInfo
 from lmforge.train import evaluate_loss, lm_loss
 
 
+def check_max_batches(max_batches: int | None) -> None:
+    """``--max-batches``: None (all) or an integer >= 1, else a UserError naming the flag."""
+    if max_batches is not None:
+        from lmforge.config.fields import check_int
+
+        check_int("--max-batches", max_batches, 1, None)
+
+
 def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
     """Entropy in nats / token of the split's own token frequencies.
 
@@ -44,6 +52,11 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
     A classifier: accuracy, precision / recall / F1 and the confusion matrix on ``data`` (default: its own).
     ``compile``: run the model through ``torch.compile`` (dynamic shapes; pays off for int8 runs, whose
     quantize / rescale passes it fuses, and for large evaluation sets)."""
+    check_max_batches(max_batches)
+    if data is not None and not data.strip():  # not "the run's own data", and never the current folder
+        from lmforge.errors import UserError
+
+        raise UserError(f"--data: expected a data set name or a file / folder (omit it for the run's own data), got {data!r}")
     cfg, model, tok = ckpt.load_run(run_dir, device, verb="evaluate")
     if compile:
         model = torch.compile(model, dynamic=True)
@@ -65,7 +78,9 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
 
         train_text, val_text = load_text(data, cfg.data.val_fraction)
         text = train_text if split == "train" else val_text
-        tokens, chars = np.asarray(tok.encode(text), dtype=np.int64), len(text)
+        from lmforge.tokenizer import encode_long
+
+        tokens, chars = np.asarray(encode_long(tok, text), dtype=np.int64), len(text)
         source = f"{data} ({split})"
     if len(tokens) < 2:
         from lmforge.errors import UserError
@@ -157,10 +172,16 @@ def evaluate_classifier(cfg, model, tok, run_dir, data: str | None, split: str, 
 def predict_texts(run_dir: str | Path, texts: list[str], input_file: str | None = None, text_column: str = "text",
                   device: str = "cpu") -> list[tuple[str, float, str]]:
     """(label, probability, text) for each text, with a fine-tuned classifier run dir."""
+    from lmforge.config.fields import check_text, show
     from lmforge.errors import UserError
     from lmforge.labelled import read_texts
 
-    texts = list(texts) + (read_texts(input_file, text_column) if input_file else [])  # bad input fails fast
+    texts = list(texts)
+    for i, t in enumerate(texts, 1):  # a command line's bytes that are not UTF-8 arrive as lone surrogates
+        if not isinstance(t, str):
+            raise UserError(f"predict: text {i}: expected a string, got {show(t)}")
+        check_text(f"predict: text {i} of {len(texts)}", t)
+    texts += read_texts(input_file, text_column) if input_file else []  # bad input fails fast
     if not texts:
         raise UserError("predict: no text given (pass texts as arguments or --input FILE)")
     cfg, model, tok = ckpt.load_run(run_dir, device)

@@ -221,6 +221,11 @@ def _resolve(cfg: RunConfig, run_dir: Path, resuming: bool):
     base = None if resuming else load_base(ft)
     tok_path = run_dir / ckpt.TOKENIZER
     train = load_labelled(ft.data, "train", ft.text_column, ft.label_column, ft.label_names or None)
+    found = sorted(set(train.labels))
+    if len(found) < 2:  # it would train to predict that label and report val accuracy nan
+        one = f"only the label {train.label_names[found[0]]!r}" if found else "no label"
+        raise UserError(f"{train.source}: the training data has {one}; a classifier needs examples of at least two "
+                        f"labels (column {ft.label_column!r})")
     if not ft.labels:
         ft.labels = ",".join(train.label_names)
     val = load_labelled(ft.data, "val", ft.text_column, ft.label_column, ft.label_names) if is_registered(ft.data) else None

@@ -14,20 +14,25 @@ recomputes the cropped window. The cached and uncached paths therefore give iden
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
+MIN_TOP_P = float(torch.finfo(torch.float32).tiny)  # a smaller top_p rounds to 0 in float32 (~1.2e-38)
+GREEDY_BELOW = 1e-6  # a smaller temperature samples greedily: dividing by it could overflow float32 (inf, nan)
+
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and not (isinstance(top_k, numbers.Integral) and top_k >= 0):
+        raise ValueError(f"top_k must be an integer >= 0 (0 or None = off), got {top_k}")
+    if top_p is not None and not (isinstance(top_p, numbers.Real) and MIN_TOP_P <= top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] and at least {MIN_TOP_P:.2g} (float32 rounds less to 0), got {top_p}")
 
 
 def sample_next(
@@ -39,7 +44,9 @@ def sample_next(
 ) -> Tensor:
     """One token id per row (LongTensor (B,)) from next-token logits (B, V).
 
-    ``temperature == 0`` is greedy (argmax). Otherwise logits are divided by ``temperature``, then
+    ``temperature == 0`` is greedy (argmax), and so is any temperature below ``GREEDY_BELOW`` (1e-6: the
+    distribution is one-hot to within float32 precision there, and dividing by it could overflow).
+    Otherwise logits are divided by ``temperature``, then
     ``top_k`` keeps exactly the k largest (None or 0: off; ties as torch.topk breaks them), then ``top_p`` keeps the smallest set of most
     likely tokens whose probability sums to at least ``top_p`` (None or 1.0: off; the most likely
     token is always kept), then one token is drawn with ``torch.multinomial(generator=generator)``.
@@ -48,7 +55,7 @@ def sample_next(
     top_p=0.4 keeps only the first.
     """
     _check_sampling(temperature, top_k, top_p)
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature  # (B, V)
     if not top_k or top_k >= logits.size(-1):
@@ -108,8 +115,10 @@ def generate(
     ids = prompt_ids.flatten().tolist() if isinstance(prompt_ids, Tensor) else [int(t) for t in prompt_ids]
     if not ids:
         raise ValueError("generate needs a non-empty prompt (at least one token id)")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not (isinstance(max_new_tokens, numbers.Integral) and max_new_tokens >= 0):
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
+    if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= seed < 2**64):
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
     _check_sampling(temperature, top_k, top_p)
     return _generate(model, ids, max_new_tokens, temperature, top_k, top_p, eos_id, seed, use_cache)
 
@@ -189,13 +198,16 @@ def complete(
     """Text pieces continuing ``prompt`` with a run directory's model and tokenizer (``lmforge generate``).
 
     Stops at the tokenizer's eos token (not emitted) or after ``max_new_tokens``. An empty prompt
-    starts from the bos token. Bad arguments raise :class:`UserError` before anything is generated.
+    starts from the bos token. Bad arguments raise :class:`UserError` (naming the ``lmforge generate``
+    flag) before anything is loaded or generated; the run is loaded before this returns, so once it has
+    returned only the model steps are left.
     """
     from lmforge.checkpoint import load_run
     from lmforge.errors import UserError
     from lmforge.models.layers import for_decode
     from lmforge.train import resolve_device
 
+    check_generate_args(prompt, max_new_tokens, temperature, top_k, top_p, seed)
     cfg, model, tok = load_run(run_dir, resolve_device(device))
     if cfg.model.name != "gpt" or cfg.finetune.labels:
         raise UserError(f"{run_dir}: generate needs a causal language model (a gpt pretraining run), "
@@ -209,3 +221,26 @@ def complete(
     except ValueError as e:
         raise UserError(f"generate: {e}") from None
     return stream_decode(tok, ids_iter)
+
+
+def check_generate_args(prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
+                        top_p: float | None, seed: int | None) -> None:
+    """The arguments of :func:`complete` (``lmforge generate``), each a UserError naming its flag:
+    ``--temperature: expected a finite number >= 0, got nan``."""
+    from lmforge.config.fields import check_float, check_int, check_text, show
+    from lmforge.errors import UserError
+
+    if not isinstance(prompt, str):
+        raise UserError(f"--prompt: expected a string, got {show(prompt)}")
+    check_text("--prompt", prompt)
+    check_int("--max-new-tokens", max_new_tokens, 1, None)
+    check_float("--temperature", temperature, 0.0, lo_open=False)
+    if top_k is not None:
+        check_int("--top-k", top_k, 0, None)
+    if top_p is not None:
+        check_float("--top-p", top_p, 0.0, 1.0)
+        if top_p < MIN_TOP_P:
+            raise UserError(f"--top-p: expected a number in (0, 1] of at least {MIN_TOP_P:.2g} (a smaller one is 0 in "
+                            f"float32), got {show(top_p)}")
+    if seed is not None:
+        check_int("--seed", seed, 0, 2**64 - 1)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge import datasets
+from lmforge.config.fields import check_text
 from lmforge.corpora import LABELLED_SPLITS, split_by_hash
 from lmforge.errors import UserError
 
@@ -90,6 +91,7 @@ def _check_example(path: Path, line: int, text, label, text_column: str, label_c
         raise UserError(f"{path}:{line}: {text_column!r} is {json.dumps(text)}, expected a string")
     if not text.strip():
         raise UserError(f"{path}:{line}: empty text in {text_column!r} (expected some text)")
+    check_text(f"{path}:{line}: {text_column!r}", text)  # a JSON "\\ud800" escape is a lone surrogate, not text
     if label_column is None:
         return text, None
     if isinstance(label, bool) or not isinstance(label, (str, int)):
@@ -97,6 +99,7 @@ def _check_example(path: Path, line: int, text, label, text_column: str, label_c
     label = str(label).strip()
     if not label:
         raise UserError(f"{path}:{line}: empty label in {label_column!r} (expected a class name)")
+    check_text(f"{path}:{line}: {label_column!r}", label)
     return text, label
 
 
@@ -209,6 +212,8 @@ def load_labelled(spec: str, split: str = "train", text_column: str = "text", la
 
     A registered set's ``label_names`` are those of the whole set (the same for every split).
     """
+    if not spec.strip():  # Path("") is the current folder
+        raise UserError(f"finetune.data {spec!r}: expected a labelled data set name or a {', '.join(FORMATS)} file")
     if datasets.is_registered(spec):
         content = datasets.REGISTRY[spec].content
         if content != "labelled":

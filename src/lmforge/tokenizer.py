@@ -185,10 +185,69 @@ def _byte_level(hf: _HFTokenizer) -> None:
     hf.decoder = decoders.ByteLevel()
 
 
+PIECE_CHARS = 1 << 16  # a longer text is trained on / encoded in pieces of at most this many characters
+
+
+def _is_cut(text: str, i: int, specials: tuple[str, ...]) -> bool:
+    """Whether cutting ``text`` before ``text[i]`` leaves byte-level BPE's tokens as they are: a pre-token
+    (GPT-2's pattern, no look-behind) always ends there, the left part ends in no space (so the
+    ``\\s+(?!\\S)`` look-ahead sees the same), and no special token string spans the cut."""
+    a, b = text[i - 1], text[i]
+    if a.isspace() or not (b == " " or (a.isalpha() and not b.isalpha())):
+        return False
+    return not any(text.find(t, max(0, i - len(t) + 1), i + len(t) - 1) != -1 for t in specials)
+
+
+def text_pieces(text: str, max_chars: int = PIECE_CHARS, specials: tuple[str, ...] = tuple(SPECIAL_TOKENS.values())):
+    """``text`` in consecutive pieces of at most ``max_chars`` characters (``"".join`` gives it back), so a
+    20 MB line is tokenized in bounded memory. Pieces are cut where byte-level BPE cuts anyway: before a
+    space that follows a non-space, or after a letter run (see :func:`_is_cut`); encoding the pieces one by
+    one then gives exactly the ids of the whole (and a tokenizer trained on them, the same merges). Only a
+    stretch of ``max_chars // 2`` characters with no such place (one giant word) is cut where it must be.
+
+    >>> list(text_pieces("ab cd ef", 4, ()))
+    ['ab', ' cd', ' ef']
+    """
+    start, n = 0, len(text)
+    while n - start > max_chars:
+        end = start + max_chars
+        cut = next((i for i in range(end, start + max(1, max_chars // 2) - 1, -1) if _is_cut(text, i, specials)), end)
+        yield text[start:cut]
+        start = cut
+    if start < n or not text:
+        yield text[start:]
+
+
+def encode_long(tok: "Tokenizer", text: str) -> list[int]:
+    """``tok.encode(text)``, in pieces (:func:`text_pieces`) when the text is long and the tokenizer
+    byte-level: the same ids, in bounded memory (one 20 MB line encoded whole takes gigabytes)."""
+    if len(text) <= PIECE_CHARS or not isinstance(tok.hf.pre_tokenizer, pre_tokenizers.ByteLevel):
+        return tok.encode(text)
+    specials = tuple(t.content for t in tok.hf.get_added_tokens_decoder().values())
+    ids: list[int] = []
+    batch: list[str] = []
+    for piece in text_pieces(text, specials=specials):
+        batch.append(piece)
+        if len(batch) == 16:
+            ids.extend(i for e in tok.hf.encode_batch(batch, add_special_tokens=False) for i in e.ids)
+            batch = []
+    ids.extend(i for e in tok.hf.encode_batch(batch, add_special_tokens=False) for i in e.ids)
+    return ids
+
+
+def _bounded(texts: Iterable[str]) -> Iterable[str]:
+    for t in texts:
+        if len(t) > PIECE_CHARS:
+            yield from text_pieces(t)
+        else:
+            yield t
+
+
 def train_tokenizer(
     texts: Iterable[str], vocab_size: int, min_frequency: int = 2, show_progress: bool = False
 ) -> Tokenizer:
-    """Train byte-level BPE on ``texts`` (an iterable of documents or lines)."""
+    """Train byte-level BPE on ``texts`` (an iterable of documents or lines; a very long one is read in
+    pieces cut where the pre-tokenizer cuts anyway, :func:`text_pieces`: same merges, bounded memory)."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise UserError(
             f"vocab_size={vocab_size} is too small: a byte-level tokenizer needs at least {MIN_VOCAB_SIZE} "
@@ -203,7 +262,7 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
-    hf.train_from_iterator(texts, trainer=trainer)
+    hf.train_from_iterator(_bounded(texts), trainer=trainer)
     tok = Tokenizer(hf)
     if tok.vocab_size < vocab_size:
         warnings.warn(
@@ -216,8 +275,14 @@ def train_tokenizer(
 
 def train_from_spec(spec: str, vocab_size: int, out_dir: str | os.PathLike, min_frequency: int = 2) -> Path:
     """Train on the train split of ``spec`` (see :func:`lmforge.datasets.load_text`); the saved path."""
+    from lmforge.config.fields import show
     from lmforge.datasets import load_text
 
+    if not (isinstance(vocab_size, int) and MIN_VOCAB_SIZE <= vocab_size <= 2**32 - 1):  # before any text is read
+        raise UserError(f"--vocab-size: expected an integer >= {MIN_VOCAB_SIZE} (256 bytes + {len(SPECIAL_TOKENS)} "
+                        f"special tokens), got {show(vocab_size)}")
+    if not spec.strip():  # Path("") is the current folder: it would train on whatever .txt files are there
+        raise UserError(f"--data: expected a data set name, a .txt file or a folder of them, got {show(spec)}")
     train_text, _ = load_text(spec)
     tok = train_tokenizer(train_text.splitlines(keepends=True), vocab_size, min_frequency)
     return tok.save(Path(out_dir) / "tokenizer.json")

@@ -349,11 +349,12 @@ def fit(
                 save(done, elapsed_before + time.perf_counter() - t0)
             if stopping and done < cfg.max_steps:
                 raise stop.stopped()  # every rank, signalled or not, stops after this same step
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         bar.close()
         if info.is_main and resumable:
             kept = f"the last checkpoint (step {last_saved}) is in {run_dir}" if last_saved else "no checkpoint was written yet"
             print(f"lmforge: interrupted; {kept}: continue with --resume {run_dir}", file=sys.stderr)
+            e.reported = True  # the CLI then adds no second "interrupted" line
         raise
     finally:
         stop.restore()

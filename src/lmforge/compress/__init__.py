@@ -39,23 +39,38 @@ import torch
 
 from lmforge import checkpoint as ckpt
 from lmforge.errors import UserError
+from lmforge.fileio import WriteError, temp_dir_beside
 
 METHODS = ("int8", "prune")
 STRUCTURES = ("heads", "neurons")
 
 
-def _check_args(method, sparsity, structured, recover_steps, repeats, gradual=False) -> None:
+def check_measure_args(max_batches, repeats) -> None:
+    """``--max-batches`` (None or >= 1) and ``--repeats`` (>= 1), as every method takes them."""
+    from lmforge.config.fields import check_int
+    from lmforge.evaluate import check_max_batches
+
+    check_max_batches(max_batches)
+    check_int("--repeats", repeats, 1, None)
+
+
+def _check_args(method, sparsity, structured, recover_steps, repeats, gradual=False, recover_lr=None,
+                max_batches=None) -> None:
+    from lmforge.config.fields import check_float, check_int, show
+
     if method not in METHODS:
         raise UserError(f"--method {method}: unknown compression method (expected one of: {', '.join(METHODS)})")
     if method == "prune":
-        if sparsity is None or not 0.0 < sparsity < 1.0:
-            raise UserError(f"--sparsity: expected a fraction strictly between 0 and 1 for --method prune, got {sparsity}")
+        if not (isinstance(sparsity, (int, float)) and 0.0 < sparsity < 1.0):
+            raise UserError(f"--sparsity: expected a fraction strictly between 0 and 1 for --method prune, got {show(sparsity)}")
         if structured not in (None, *STRUCTURES):
             raise UserError(f"--structured {structured}: expected one of {', '.join(STRUCTURES)}")
     elif sparsity is not None or structured or recover_steps or gradual:
         raise UserError("--sparsity, --structured, --recover-steps and --gradual apply to --method prune, not int8")
-    if recover_steps < 0 or repeats < 1:
-        raise UserError(f"--recover-steps must be >= 0 and --repeats >= 1 (got {recover_steps}, {repeats})")
+    check_int("--recover-steps", recover_steps, 0, None)
+    if recover_lr is not None:
+        check_float("--recover-lr", recover_lr, 0.0)
+    check_measure_args(max_batches, repeats)
     if gradual and (structured or recover_steps < 2):
         raise UserError("--gradual prunes during the recovery: it needs --recover-steps of 2 or more and unstructured "
                         "pruning (no --structured)")
@@ -82,7 +97,7 @@ def compress(run_dir: str | Path, method: str, out: str | Path, sparsity: float 
     beside the labels. ``data`` / ``split`` /
     ``max_batches``: what the metric is computed on (default: the run's own validation data).
     """
-    _check_args(method, sparsity, structured, recover_steps, repeats, gradual)
+    _check_args(method, sparsity, structured, recover_steps, repeats, gradual, recover_lr, max_batches)
     src, out = ckpt.require_run_dir(run_dir), Path(out)
     _check_out(src, out)
     cfg, model, tok = ckpt.load_run(src, verb="compress")

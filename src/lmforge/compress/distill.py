@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge import checkpoint as ckpt
-from lmforge.compress import _build, _check_out, _link_or_copy, _plain
+from lmforge.compress import _build, _check_out, _link_or_copy, _plain, check_measure_args
 from lmforge.errors import UserError
 from lmforge.train import autocast_context, call, to_device
 
@@ -293,8 +293,7 @@ def distill(teacher: str | Path, student_config_path: str | Path, out: str | Pat
     """Distill the run ``teacher`` into a new student run dir ``out`` shaped by the recipe ``student_config_path``
     (+ ``overrides`` such as ``{"train.max_steps": "500"}``); returns what compression.json holds (``original``:
     the teacher). ``data`` / ``split`` / ``max_batches``: what the metric is computed on (default: validation)."""
-    if repeats < 1:
-        raise UserError(f"--repeats must be >= 1 (got {repeats})")
+    check_measure_args(max_batches, repeats)
     src, out = ckpt.require_run_dir(teacher), Path(out)
     _check_out(src, out)
     tcfg, tmodel, tok = ckpt.load_run(src, verb="teach")

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from lmforge.config.fields import show
 from lmforge.config.model import ModelConfig
 from lmforge.config.sections import (CompressSection, DataConfig, DistillSection, FinetuneConfig, LoRASection,
                                      TrainConfig)
@@ -43,6 +44,17 @@ class RunConfig:
     lora: LoRASection = field(default_factory=LoRASection)
     compress: CompressSection = field(default_factory=CompressSection)
     distill: DistillSection = field(default_factory=DistillSection)
+
+    def __post_init__(self) -> None:
+        # A run that trains its own tokenizer (no data.tokenizer, no base model, not made from another run) gets
+        # one of at least 256 bytes + 5 special tokens: a smaller model.vocab_size can only fail, so fail now,
+        # before the tokenizer is trained, not after.
+        MIN_VOCAB_SIZE = 261  # lmforge.tokenizer.MIN_VOCAB_SIZE, without importing tokenizers here
+        m, ft = self.model, self.finetune
+        own_tokenizer = not (self.data.tokenizer or ft.base or ft.base_hf or self.compress.source)
+        if own_tokenizer and 0 < m.vocab_size < MIN_VOCAB_SIZE:
+            raise UserError(f"model.vocab_size: expected 0 (take the tokenizer's) or at least {MIN_VOCAB_SIZE} (the "
+                            f"tokenizer trained on data.path has 256 bytes + 5 special tokens), got {m.vocab_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,31 +97,34 @@ def coerce(value: Any, typ: type, where: str) -> Any:
                 return True
             if low in ("false", "0", "no", "off"):
                 return False
-            raise UserError(f"{where}: expected a boolean (true/false), got {value!r}")
+            raise UserError(f"{where}: expected a boolean (true/false), got {show(value)}")
         try:
             return int(s) if typ is int else float(s)
         except ValueError:
-            raise UserError(f"{where}: expected {'an integer' if typ is int else 'a number'}, got {value!r}") from None
+            raise UserError(f"{where}: expected {'an integer' if typ is int else 'a number'}, got {show(value)}") from None
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"{where}: expected a boolean (true/false), got {value!r}")
+        raise UserError(f"{where}: expected a boolean (true/false), got {show(value)}")
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise UserError(f"{where}: expected an integer, got {value!r}")
+        raise UserError(f"{where}: expected an integer, got {show(value)}")
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise UserError(f"{where}: expected a number, got {value!r}")
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond any float
+                raise UserError(f"{where}: expected a finite number, got {show(value)}") from None
+        raise UserError(f"{where}: expected a number, got {show(value)}")
     if typ is str:
         if isinstance(value, str):
             return value
         if value is None:
             return ""
-        raise UserError(f"{where}: expected a string, got {value!r}")
+        raise UserError(f"{where}: expected a string, got {show(value)}")
     raise TypeError(f"unsupported config field type {typ} at {where}")
 
 
@@ -125,15 +140,15 @@ def from_dict(d: Any, source: str = "config", base: RunConfig | None = None) -> 
     merged = (base or RunConfig()).to_dict()
     for section, values in d.items():
         if section not in SECTIONS:
-            raise UserError(f"{source}: unknown section {section!r} (expected one of: {', '.join(SECTIONS)})")
+            raise UserError(f"{source}: unknown section {show(section)} (expected one of: {', '.join(SECTIONS)})")
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise UserError(f"{source}: section {section!r} must be a mapping of keys to values")
+            raise UserError(f"{source}: section {show(section)} must be a mapping of keys to values")
         types = _field_types(SECTIONS[section])
         for key, value in values.items():
             if key not in types:
-                raise UserError(f"{source}: unknown key '{section}.{key}' (known: {', '.join(types)})")
+                raise UserError(f"{source}: unknown key '{section}.{show(key)[1:-1] if isinstance(key, str) else show(key)}' (known: {', '.join(types)})")
             merged[section][key] = coerce(value, types[key], f"{source}: {section}.{key}")
     return build(merged, source)
 
@@ -158,7 +173,9 @@ def load_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
+        raise UserError(f"{where}: invalid YAML ({show(getattr(e, 'problem', None) or str(e))[1:-1]})") from None
+    except (ValueError, OverflowError, RecursionError) as e:  # an int of more than 4300 digits, a too deep nesting
+        raise UserError(f"{p}: invalid YAML ({show(str(e) or type(e).__name__)[1:-1]})") from None
     return data if data is not None else {}
 
 

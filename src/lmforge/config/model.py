@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmforge.config.fields import F, check_choice, check_positive
+from lmforge.config.fields import F, check_choice, check_float, check_int, check_positive, show
 from lmforge.errors import UserError
 
 
@@ -45,6 +45,8 @@ class ModelConfig:
         check_choice("model", "norm", self.norm, ("layernorm", "rmsnorm"))
         check_choice("model", "mlp", self.mlp, ("gelu", "swiglu", "relu2"))
         check_positive("model", "rope_theta", self.rope_theta)
+        check_float("model.norm_eps", self.norm_eps, 0.0, 1.0, hi_open=True)
+        check_int("model.type_vocab_size", self.type_vocab_size, 1)
         gpt_only = (("norm", "rmsnorm"), ("mlp", "swiglu"), ("mlp", "relu2"), ("qk_norm", True))
         if self.norm_first and self.name in ("gpt", "lstm"):
             raise UserError(f"model.norm_first: only for model.name=bert or electra (a gpt is always pre-LN), not {self.name}")
@@ -55,9 +57,8 @@ class ModelConfig:
                 raise UserError(f"model.{k}: {str(value).lower()} is only for model.name={where}, not {self.name}")
         for k in ("block_size", "n_layer", "n_head", "n_embd"):
             check_positive("model", k, getattr(self, k))
-        check_positive("model", "vocab_size", self.vocab_size, allow_zero=True)
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"model.dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        check_int("model.vocab_size", self.vocab_size, 0)
+        check_float("model.dropout", self.dropout, 0.0, 1.0, lo_open=False, hi_open=True, what="a probability")
         if self.n_embd % self.n_head:
             raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.pos_emb == "rope" and self.head_size % 2:
@@ -90,5 +91,5 @@ def _per_layer(name: str, text: str, n_layer: int) -> list[int]:
     except ValueError:
         values = []
     if len(values) != n_layer or min(values, default=0) < 1:
-        raise UserError(f"model.{name}: expected {n_layer} positive integers separated by commas (one per block), got {text!r}")
+        raise UserError(f"model.{name}: expected {n_layer} positive integers separated by commas (one per block), got {show(text)}")
     return values

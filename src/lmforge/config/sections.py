@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmforge.config.fields import F, check_choice, check_positive
+from lmforge.config.fields import F, check_choice, check_float, check_int, check_positive, show
 from lmforge.errors import UserError
 
 
@@ -20,13 +20,12 @@ class DataConfig:
     mask_prob: float = F(0.15, "mlm / rtd: share of tokens to mask (80% masked, 10% random, 10% kept)")
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 261:
+        if isinstance(self.vocab_size, int) and self.vocab_size < 261:
             raise UserError(f"data.vocab_size: expected at least 261 (256 bytes + 5 special tokens), got {self.vocab_size}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise UserError(f"data.val_fraction: expected a fraction in (0, 1), got {self.val_fraction!r}")
+        check_int("data.vocab_size", self.vocab_size, 261, 2**32 - 1)  # token ids are stored as uint16 / uint32
+        check_float("data.val_fraction", self.val_fraction, 0.0, 1.0, hi_open=True, what="a fraction")
         check_choice("data", "objective", self.objective, ("auto", "clm", "mlm", "rtd"))
-        if not 0.0 < self.mask_prob < 1.0:
-            raise UserError(f"data.mask_prob: expected a fraction in (0, 1), got {self.mask_prob!r}")
+        check_float("data.mask_prob", self.mask_prob, 0.0, 1.0, hi_open=True, what="a fraction")
 
 
 @dataclass
@@ -69,16 +68,20 @@ class TrainConfig:
         check_choice("train", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         for k in ("max_steps", "batch_size", "grad_accum", "step_size", "restart_period", "eval_batches", "save_interval", "log_interval"):
             check_positive("train", k, getattr(self, k))
-        for k in ("warmup_steps", "weight_decay", "grad_clip", "eval_interval", "num_threads"):
+        for k in ("warmup_steps", "weight_decay", "grad_clip", "eval_interval"):
             check_positive("train", k, getattr(self, k), allow_zero=True)
+        check_int("train.num_threads", self.num_threads, 0, 4096)
+        check_int("train.seed", self.seed, 0, 2**32 - 1)  # batches are drawn with seed * 1_000_003 + step: 64 bits
         check_positive("train", "lr", self.lr)
         check_positive("train", "muon_lr_scale", self.muon_lr_scale)
-        if not 0.0 <= self.muon_momentum < 1.0:
-            raise UserError(f"train.muon_momentum: expected a momentum in [0, 1), got {self.muon_momentum!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise UserError(f"train.ema_decay: expected a decay in [0, 1), got {self.ema_decay!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise UserError(f"train.min_lr_ratio: expected a fraction in [0, 1], got {self.min_lr_ratio!r}")
+        check_float("train.gamma", self.gamma, 0.0, 1.0, what="a factor")
+        for k, what in (("beta1", "a beta"), ("beta2", "a beta"), ("momentum", "a momentum"), ("muon_momentum", "a momentum"),
+                        ("ema_decay", "a decay")):
+            check_float(f"train.{k}", getattr(self, k), 0.0, 1.0, lo_open=False, hi_open=True, what=what)
+        check_float("train.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, lo_open=False, what="a fraction")
+        if isinstance(self.grad_accum, int) and isinstance(self.batch_size, int) and self.batch_size % self.grad_accum:
+            raise UserError(f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum ({self.grad_accum}): "
+                            "each optimizer step sums grad_accum equal micro-batches")
 
 
 @dataclass
@@ -107,12 +110,12 @@ class FinetuneConfig:
         check_choice("finetune", "mode", self.mode, ("full", "head", "lora"))
         check_positive("finetune", "max_length", self.max_length)
         check_positive("finetune", "freeze_layers", self.freeze_layers, allow_zero=True)
-        if not 0.0 < self.layer_lr_decay <= 1.0:
-            raise UserError(f"finetune.layer_lr_decay: expected a factor in (0, 1], got {self.layer_lr_decay!r}")
-        if not 0.0 <= self.head_dropout < 1.0:
-            raise UserError(f"finetune.head_dropout: expected a probability in [0, 1), got {self.head_dropout!r}")
-        if not (self.dropout == -1.0 or 0.0 <= self.dropout < 1.0):
-            raise UserError(f"finetune.dropout: expected a probability in [0, 1), or -1 to keep the base's, got {self.dropout!r}")
+        check_float("finetune.layer_lr_decay", self.layer_lr_decay, 0.0, 1.0, what="a factor")
+        check_float("finetune.head_dropout", self.head_dropout, 0.0, 1.0, lo_open=False, hi_open=True, what="a probability")
+        if not (self.dropout == -1.0 or (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0)):
+            raise UserError(f"finetune.dropout: expected a probability in [0, 1), or -1 to keep the base's, got {show(self.dropout)}")
+        if self.labels and len(self.label_names) < 2:
+            raise UserError(f"finetune.labels: expected at least two class names separated by commas, got {show(self.labels)}")
         if self.base and self.base_hf:
             raise UserError("finetune.base and finetune.base_hf: give one starting point, not both")
         if self.base_recipe and not self.base:
@@ -130,6 +133,11 @@ class LoRASection:
     dropout: float = F(0.0, "dropout on the LoRA input")
     targets: str = F("c_attn", "comma-separated module name patterns to adapt, e.g. c_attn,c_proj or mlp.*")
 
+    def __post_init__(self) -> None:
+        check_int("lora.rank", self.rank, 1)
+        check_positive("lora", "alpha", self.alpha)
+        check_float("lora.dropout", self.dropout, 0.0, 1.0, lo_open=False, hi_open=True, what="a probability")
+
 
 @dataclass
 class CompressSection:
@@ -144,9 +152,8 @@ class CompressSection:
     def __post_init__(self) -> None:
         for name, value, choices in (("quantize", self.quantize, ("int8",)), ("structured", self.structured, ("heads", "neurons"))):
             if value not in ("", *choices):
-                raise UserError(f"compress.{name}: expected empty or one of {', '.join(choices)}, got {value!r}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise UserError(f"compress.sparsity: expected a fraction in [0, 1), got {self.sparsity!r}")
+                raise UserError(f"compress.{name}: expected empty or one of {', '.join(choices)}, got {show(value)}")
+        check_float("compress.sparsity", self.sparsity, 0.0, 1.0, lo_open=False, hi_open=True, what="a fraction")
 
 
 @dataclass
@@ -164,5 +171,4 @@ class DistillSection:
     def __post_init__(self) -> None:
         check_positive("distill", "temperature", self.temperature)
         check_positive("distill", "hidden_weight", self.hidden_weight, allow_zero=True)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise UserError(f"distill.alpha: expected a weight in [0, 1], got {self.alpha!r}")
+        check_float("distill.alpha", self.alpha, 0.0, 1.0, lo_open=False, what="a weight")
