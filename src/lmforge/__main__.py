@@ -21,6 +21,17 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
+def path_arg(value: str) -> str:
+    """argparse type of every path / name argument: an empty one (``--out "$UNSET"``) is an error, not ".".
+
+    >>> path_arg("runs/a")
+    'runs/a'
+    """
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected a path or name, got an empty string (an unset variable?)")
+    return value
+
+
 # ----------------------------------------------------------------------------- verbs
 def cmd_data_list(args) -> None:
     from lmforge.datasets import list_datasets
@@ -201,29 +212,29 @@ def build_parser() -> argparse.ArgumentParser:
     tok = verbs.add_parser("tokenizer", help="train byte-level BPE tokenizers")
     tok_verbs = tok.add_subparsers(dest="tok_verb", metavar="<action>", parser_class=Parser)
     t = tok_verbs.add_parser("train", help="train a byte-level BPE tokenizer and save DIR/tokenizer.json")
-    t.add_argument("--data", required=True, help="data set name or a .txt file / folder of .txt files")
+    t.add_argument("--data", type=path_arg, required=True, help="data set name or a .txt file / folder of .txt files")
     t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, special tokens included")
-    t.add_argument("--out", required=True, help="output folder (tokenizer.json is written there)")
+    t.add_argument("--out", type=path_arg, required=True, help="output folder (tokenizer.json is written there)")
     t.set_defaults(func=cmd_tokenizer_train)
 
     pt = verbs.add_parser("pretrain", help="pretrain a model into a run dir: GPT (next token), BERT (masked LM) or ELECTRA (replaced tokens); resumable, torchrun-ready")
-    pt.add_argument("--config", help="YAML recipe, e.g. configs/gpt-tiny.yaml")
-    pt.add_argument("--out", help="run directory to create")
-    pt.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    pt.add_argument("--config", type=path_arg, help="YAML recipe, e.g. configs/gpt-tiny.yaml")
+    pt.add_argument("--out", type=path_arg, help="run directory to create")
+    pt.add_argument("--resume", type=path_arg, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     _add_config_options(pt, ("model", "data", "train"))
     pt.set_defaults(func=cmd_pretrain)
 
     ft = verbs.add_parser("finetune", help="fine-tune a classifier (full, head-only or LoRA) from a run dir, a HF folder or scratch")
-    ft.add_argument("--config", help="YAML recipe, e.g. configs/sentiment-zh.yaml")
-    ft.add_argument("--out", help="run directory to create")
-    ft.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    ft.add_argument("--base", help="start from this lmforge run dir (same as --finetune.base)")
-    ft.add_argument("--base-hf", help="start from this Hugging Face folder or registered model, e.g. minilm-l6")
+    ft.add_argument("--config", type=path_arg, help="YAML recipe, e.g. configs/sentiment-zh.yaml")
+    ft.add_argument("--out", type=path_arg, help="run directory to create")
+    ft.add_argument("--resume", type=path_arg, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    ft.add_argument("--base", type=path_arg, help="start from this lmforge run dir (same as --finetune.base)")
+    ft.add_argument("--base-hf", type=path_arg, help="start from this Hugging Face folder or registered model, e.g. minilm-l6")
     _add_config_options(ft, ("model", "data", "train", "finetune", "lora"))
     ft.set_defaults(func=cmd_finetune)
 
     gen = verbs.add_parser("generate", help="sample a continuation of a prompt from a run dir, streamed to stdout")
-    gen.add_argument("run_dir", help="run directory (config.yaml, model.safetensors, tokenizer.json)")
+    gen.add_argument("run_dir", type=path_arg, help="run directory (config.yaml, model.safetensors, tokenizer.json)")
     gen.add_argument("--prompt", required=True, help="text to continue")
     gen.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate at most (default 100)")
     gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default 0.8)")
@@ -234,36 +245,36 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     ev = verbs.add_parser("evaluate", help="LM: loss, perplexity, unigram baseline; classifier: accuracy, P / R / F1, confusion")
-    ev.add_argument("run_dir", help="run directory")
-    ev.add_argument("--data", default=None, help="data set name or file / folder (default: the run's own data)")
+    ev.add_argument("run_dir", type=path_arg, help="run directory")
+    ev.add_argument("--data", type=path_arg, default=None, help="data set name or file / folder (default: the run's own data)")
     ev.add_argument("--split", default="val", choices=["train", "val", "test"], help="split of a registered set (default val)")
     ev.add_argument("--text-column", default=None, help="classifier: text column of a CSV / TSV / JSONL file")
     ev.add_argument("--label-column", default=None, help="classifier: label column of a CSV / TSV / JSONL file")
     ev.add_argument("--max-batches", type=int, default=None, help="cap the number of evaluation batches")
-    ev.add_argument("--json", default=None, metavar="OUT", help="also write the result to this JSON file")
+    ev.add_argument("--json", type=path_arg, default=None, metavar="OUT", help="also write the result to this JSON file")
     ev.add_argument("--compile", action="store_true", help="torch.compile the model first (faster on large sets, "
                     "int8 runs above all; the first batches compile for a few seconds)")
     ev.set_defaults(func=cmd_evaluate)
 
     pr = verbs.add_parser("predict", help="label and probability of each text with a fine-tuned classifier")
-    pr.add_argument("run_dir", help="run directory of a fine-tuned classifier")
+    pr.add_argument("run_dir", type=path_arg, help="run directory of a fine-tuned classifier")
     pr.add_argument("texts", nargs="*", help="texts to classify")
-    pr.add_argument("--input", help="a .jsonl / .csv / .tsv / .txt file of texts (one a line for .txt)")
+    pr.add_argument("--input", type=path_arg, help="a .jsonl / .csv / .tsv / .txt file of texts (one a line for .txt)")
     pr.add_argument("--text-column", default="text", help="text column / key of --input (default text)")
     pr.set_defaults(func=cmd_predict)
 
     ex = verbs.add_parser("export", help="export a run as ONNX or a Hugging Face folder, checked against PyTorch")
-    ex.add_argument("run_dir", help="run directory (an LM or a fine-tuned classifier)")
+    ex.add_argument("run_dir", type=path_arg, help="run directory (an LM or a fine-tuned classifier)")
     ex.add_argument("--format", required=True, choices=["onnx", "hf"], help="onnx (model.onnx, onnxruntime-checked) | hf (save_pretrained layout)")
-    ex.add_argument("--out", required=True, help="folder to create (must be new or empty)")
+    ex.add_argument("--out", type=path_arg, required=True, help="folder to create (must be new or empty)")
     ex.set_defaults(func=cmd_export)
 
     co = verbs.add_parser("compress", help="int8-quantize, prune or distill a run into a new run dir, with a size / latency / quality report")
-    co.add_argument("run_dir", nargs="?", default=None,
+    co.add_argument("run_dir", type=path_arg, nargs="?", default=None,
                     help="run directory to compress (a language model or a fine-tuned classifier); not for distill")
     co.add_argument("--method", required=True, choices=["int8", "prune", "distill"],
                     help="int8 (dynamic int8 Linear layers) | prune | distill (train a smaller student on the teacher's outputs)")
-    co.add_argument("--out", required=True, help="run directory to create (new or empty); gets compression.json / .md")
+    co.add_argument("--out", type=path_arg, required=True, help="run directory to create (new or empty); gets compression.json / .md")
     co.add_argument("--sparsity", type=float, default=None,
                     help="prune: share of the Linear weights to zero (with --structured: of the heads / neurons to remove), in (0, 1)")
     co.add_argument("--structured", choices=["heads", "neurons"], default=None,
@@ -274,12 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prune: prune during the recovery, from dense to --sparsity over its first half (cubic schedule)")
     co.add_argument("--recover-distill", action=argparse.BooleanOptionalAction, default=True,
                     help="prune: the recovery also learns the unpruned model's outputs (soft targets; default on)")
-    co.add_argument("--data", default=None, help="data for the metric (default: the run's own validation data)")
+    co.add_argument("--data", type=path_arg, default=None, help="data for the metric (default: the run's own validation data)")
     co.add_argument("--split", default="val", choices=["train", "val", "test"], help="split of --data for the metric (default val)")
     co.add_argument("--max-batches", type=int, default=None, help="cap the number of evaluation batches of a language model")
     co.add_argument("--repeats", type=int, default=10, help="timed runs per latency figure (median; default 10)")
-    co.add_argument("--teacher", metavar="RUN_DIR", help="distill: the run to learn from (an LM or a fine-tuned classifier)")
-    co.add_argument("--student-config", metavar="FILE", help="distill: the student's recipe (model, train, distill sections), "
+    co.add_argument("--teacher", type=path_arg, metavar="RUN_DIR", help="distill: the run to learn from (an LM or a fine-tuned classifier)")
+    co.add_argument("--student-config", type=path_arg, metavar="FILE", help="distill: the student's recipe (model, train, distill sections), "
                     "e.g. configs/distill-zh-student.yaml")
     _add_config_options(co, ("model", "train", "finetune", "distill"))
     co.set_defaults(func=cmd_compress)
@@ -287,13 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep = verbs.add_parser("report", help="plots comparing runs")
     rep_verbs = rep.add_subparsers(dest="report_verb", metavar="<kind>", parser_class=Parser)
     rc = rep_verbs.add_parser("compress", help="accuracy (or perplexity) vs latency of compressed runs and their originals (PNG)")
-    rc.add_argument("runs", nargs="+", metavar="RUN", help="run dirs made by `lmforge compress`")
-    rc.add_argument("--out", required=True, help="PNG file to write")
+    rc.add_argument("runs", type=path_arg, nargs="+", metavar="RUN", help="run dirs made by `lmforge compress`")
+    rc.add_argument("--out", type=path_arg, required=True, help="PNG file to write")
     rc.add_argument("--batch", type=int, choices=[1, 32], default=1, help="latency at batch 1 or 32 (default 1)")
     rc.set_defaults(func=cmd_report_compress)
 
     sv = verbs.add_parser("serve", help="HTTP API over run dirs: OpenAI-compatible completions, classify, health, docs")
-    sv.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dirs to serve (GPT LMs, classifiers, compressed "
+    sv.add_argument("run_dirs", type=path_arg, nargs="+", metavar="RUN_DIR", help="run dirs to serve (GPT LMs, classifiers, compressed "
                     "runs); a model's id is its folder name")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535 (default 8000; 0 = any free port, "

@@ -17,7 +17,10 @@ never a torn one. Loading uses safetensors (no pickle) for tensors and JSON for 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,15 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from lmforge.config.fields import show
 from lmforge.errors import UserError
-from lmforge.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported
+from lmforge.fileio import (  # noqa: F401 - re-exported
+    TEMP_NAME,
+    WriteError,
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_stale_temps,
+)
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
@@ -156,22 +166,54 @@ def save_train_state(
     save_tensors(Path(run_dir) / TRAIN_STATE, tensors, {"lmforge": json.dumps(payload)})
 
 
+def _state_payload(metadata: dict[str, str], path: Path) -> dict[str, Any]:
+    """The JSON payload of a training state's header, checked as untrusted input (a UserError naming the file)."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: training state {what}; expected a file written by `lmforge pretrain` / `finetune`")
+
+    try:
+        payload = json.loads(metadata["lmforge"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise bad("has no lmforge metadata") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("meta"), dict):
+        raise bad("metadata has no 'meta' object")
+    meta, opt = payload["meta"], payload.get("optimizer")
+    for key in ("step", "tokens"):
+        v = meta.get(key)
+        if type(v) is not int or v < 0:  # bool is no step, nor 1.5, nor -1
+            raise bad(f"meta.{key}: expected an integer >= 0, got {show(v)}")
+    if not isinstance(meta.get("elapsed", 0.0), (int, float)) or isinstance(meta.get("elapsed"), bool):
+        raise bad(f"meta.elapsed: expected a number of seconds, got {show(meta.get('elapsed'))}")
+    if meta.get("scaler") is not None and not isinstance(meta["scaler"], dict):
+        raise bad(f"meta.scaler: expected an object or null, got {show(meta['scaler'])}")
+    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list) or not isinstance(opt.get("state"), dict):
+        raise bad("metadata has no 'optimizer' object with 'param_groups' (a list) and 'state' (an object)")
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"]):
+        raise bad("optimizer.param_groups: expected objects with a 'params' list")
+    if not all(isinstance(k, str) and k.isdigit() and isinstance(v, dict) for k, v in opt["state"].items()):
+        raise bad("optimizer.state: expected {parameter index: object}")
+    return payload
+
+
 def load_train_state(run_dir: str | Path) -> dict[str, Any] | None:
     """-> {'model': state_dict, 'optimizer': state_dict, 'meta': dict, 'rng': [states], 'ema': {name: tensor}},
-    or None if absent."""
+    or None if absent. Every part is checked: a torn, foreign or tampered file is a UserError naming it."""
     path = Path(run_dir) / TRAIN_STATE
     if not path.exists():
         return None
     tensors, metadata = load_tensors(path, "training state")
+    payload = _state_payload(metadata, path)
+    n_rng = len([k for k in tensors if k.startswith("rng.cpu.")])
+    rng = [tensors.get(f"rng.cpu.{r}") for r in range(n_rng)]
+    if any(t is None or t.dtype != torch.uint8 or t.dim() != 1 for t in rng):
+        raise UserError(f"{path}: training state has malformed RNG states (expected rng.cpu.0 .. rng.cpu.N-1, uint8)")
     try:
-        payload = json.loads(metadata["lmforge"])
-    except (KeyError, json.JSONDecodeError):
-        raise UserError(f"{path}: training state has no lmforge metadata; expected a file written by `lmforge pretrain`") from None
-    model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    rng = [tensors[f"rng.cpu.{r}"] for r in range(len([k for k in tensors if k.startswith("rng.cpu.")]))]
+        optimizer = _unflatten_optimizer(tensors, payload["optimizer"])
+    except ValueError:
+        raise UserError(f"{path}: training state has malformed optimizer tensors (expected optim.<index>.<name>)") from None
     return {
-        "model": model_sd,
-        "optimizer": _unflatten_optimizer(tensors, payload["optimizer"]),
+        "model": {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")},
+        "optimizer": optimizer,
         "meta": payload["meta"],
         "rng": rng,
         "rng_cuda": tensors.get("rng.cuda"),
@@ -179,8 +221,11 @@ def load_train_state(run_dir: str | Path) -> dict[str, Any] | None:
     }
 
 
-def saved_step(run_dir: str | Path) -> int:
-    """The step of the run's last resumable checkpoint (0 if none), read from its header only."""
+def check_train_state(run_dir: str | Path) -> int:
+    """Check a training state's header (without reading its tensors) -> its step; 0 if there is none.
+
+    A file cut short is caught here too: the header's offsets must fit in the file.
+    """
     path = Path(run_dir) / TRAIN_STATE
     if not path.exists():
         return 0
@@ -188,27 +233,55 @@ def saved_step(run_dir: str | Path) -> int:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return int(json.loads((f.metadata() or {})["lmforge"])["meta"]["step"])
-    except Exception:  # noqa: BLE001 - any unreadable header means: no usable checkpoint
-        raise UserError(f"{path}: unreadable training state (expected a file written by lmforge)") from None
+            metadata = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a torn / foreign file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: not a valid safetensors file ({reason}); expected the training state of an lmforge run") from None
+    return _state_payload(metadata, path)["meta"]["step"]
+
+
+def saved_step(run_dir: str | Path) -> int:
+    """The step of the run's last resumable checkpoint (0 if none), read from its header only."""
+    return check_train_state(run_dir)
 
 
 # ----------------------------------------------------------------------------- metrics
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    """Append one JSON line with a single ``write`` (O_APPEND): a kill leaves at most one torn last line,
+    which :func:`read_metrics` skips; a failed write (a full disk) is cut back off, so no torn line stays."""
+    path = Path(run_dir) / METRICS
+    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise WriteError(path, e) from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise WriteError(path, e) from None
+    finally:
+        os.close(fd)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl; a line torn by a kill, or not UTF-8 / JSON, is skipped."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for raw in path.read_bytes().splitlines():
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by a kill: drop it
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
+        if isinstance(record, dict) and type(record.get("step", 0)) is int:
+            out.append(record)
     return out
 
 
@@ -230,31 +303,87 @@ def discard_new_files(run_dir: Path, existed: set[str] | None) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def open_run(config_path, overrides: dict, out, resume):
-    """(RunConfig, run dir) for a new run (``config_path`` / ``overrides`` into ``out``, which must not
-    hold a run yet) or for continuing one (``resume``: its config.yaml plus ``overrides``)."""
+def open_run(config_path, overrides: dict, out, resume, verb: str = "pretrain"):
+    """(RunConfig, run dir) for a new run (``config_path`` / ``overrides`` into ``out``, which must be new or
+    an empty folder) or for continuing one (``resume``: its config.yaml plus ``overrides``).
+
+    Only checks, never writes: a resume is refused before anything in the run dir changes when its
+    config.yaml is empty or broken, when its training state is torn or tampered with, or when it holds
+    trained weights but no training state (training from step 0 would overwrite them).
+    """
     from lmforge.config import RunConfig, apply_overrides, load_config
 
     if resume is not None:
         run_dir = require_run_dir(resume)
-        cfg = load_config(run_dir / CONFIG, overrides)
+        cfg = apply_overrides(read_run_config(run_dir), overrides, "command line")
         if cfg.compress.source:  # no training state: "resuming" would train a new model over the compressed one
             raise UserError(f"{run_dir}: made by `lmforge compress` from {cfg.compress.source}; it cannot be resumed "
                             "(fine-tune while compressing with --recover-steps N)")
+        made_by = "finetune" if cfg.finetune.labels else "pretrain"
+        if made_by != verb:  # the other recipe would read the wrong data and write over this run's files
+            raise UserError(f"--resume {run_dir}: a {'fine-tuning' if made_by == 'finetune' else 'pretraining'} run; "
+                            f"continue it with `lmforge {made_by} --resume {run_dir}`")
+        step = check_train_state(run_dir)
+        if not (run_dir / TRAIN_STATE).exists() and (run_dir / WEIGHTS).exists():
+            raise UserError(f"{run_dir / TRAIN_STATE}: missing, so {run_dir} cannot be resumed: training would start again "
+                            f"from step 0 and overwrite the trained {WEIGHTS}; start a new run with --out NEW_DIR "
+                            f"(or fine-tune from this one with --base {run_dir})")
+        if step and not (run_dir / TOKENIZER).is_file():
+            raise UserError(f"{run_dir / TOKENIZER}: missing; the run's checkpoint (step {step}) needs the tokenizer it was "
+                            "trained with, and a new one would not match it")
         return cfg, run_dir
     if out is None:
         raise UserError("--out RUN_DIR is required to start a run (or --resume RUN_DIR to continue one)")
     cfg = load_config(config_path, overrides) if config_path else apply_overrides(RunConfig(), overrides)
+    check_new_run_dir(out)
+    return cfg, Path(out)
+
+
+def check_new_run_dir(out: str | Path) -> Path:
+    """``out`` as the folder of a new run: absent or empty. A folder holding anything is refused, so no
+    verb writes over files that are not its own (``--out .`` or a folder of weights, say)."""
+    if not str(out).strip():
+        raise UserError("--out: expected the path of a new run directory, got an empty string")
     run_dir = Path(out)
     if (run_dir / CONFIG).exists():
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} or choose another --out")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a folder (expected a new or empty run directory)")
-    return cfg, run_dir
+    if run_dir.is_dir():
+        try:  # the temp file of a write that a kill interrupted is this run's own, not the user's
+            held = sorted(p.name for p in run_dir.iterdir() if not TEMP_NAME.match(p.name))
+        except OSError as e:
+            raise UserError(f"--out {run_dir}: cannot read the folder ({(e.strerror or str(e)).lower()})") from None
+        if held:
+            shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+            raise UserError(f"--out {run_dir}: not empty and not an lmforge run (holds {shown}); "
+                            "choose a new or empty folder")
+    return run_dir
+
+
+def read_run_config(run_dir: str | Path):
+    """The RunConfig of an existing run dir. An empty config.yaml is an error here, not the defaults: a run
+    dir's config records how its weights were made."""
+    from lmforge.config import from_dict, load_yaml
+
+    path = Path(run_dir) / CONFIG
+    data = load_yaml(path)
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"{path}: {'empty' if not data else 'not a mapping'}; expected the run's full config "
+                        "(section: {field: value}) as lmforge wrote it")
+    return from_dict(data, str(path))
+
+
+def clean_stale_temps(run_dir: str | Path) -> list[str]:
+    """Remove the temp files that a killed run's atomic writes left in ``run_dir`` and ``run_dir/data``."""
+    run_dir = Path(run_dir)
+    return [n for d in (run_dir, run_dir / "data") if d.is_dir() for n in remove_stale_temps(d)]
 
 
 def require_run_dir(path: str | Path) -> Path:
     """A folder holding config.yaml, or a UserError saying what was expected."""
+    if not str(path).strip():
+        raise UserError("run directory: expected a path, got an empty string")
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: run directory not found")
@@ -271,12 +400,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", verb: str 
     ("export", "compress", ...); given, an ELECTRA pretraining run, which has no usable model of its own
     (only ``finetune --base`` reads it), is refused in one line naming the run and the verb.
     """
-    from lmforge.config import from_dict, load_yaml
     from lmforge.models import build
     from lmforge.tokenizer import Tokenizer
 
     run_dir = require_run_dir(run_dir)
-    cfg = from_dict(load_yaml(run_dir / CONFIG), str(run_dir / CONFIG))
+    cfg = read_run_config(run_dir)
     if verb and cfg.model.name == "electra":
         from lmforge.models.electra import pretraining_only
 

@@ -85,12 +85,16 @@ def shutdown(info: DistInfo, clean: bool = False) -> None:
 
 def main_first(info: DistInfo, fn: Callable[[], Any]) -> None:
     """Run ``fn`` on rank 0 while the others wait; a UserError there is raised on every rank."""
-    err = None
+    err, raised = None, None
     if info.is_main:
         try:
             fn()
         except UserError as e:
-            err = str(e)
+            err, raised = (str(e), getattr(e, "exit_code", 2)), e
     err = broadcast_object(err, info)
+    if raised is not None:
+        raise raised
     if err is not None:
-        raise UserError(err)
+        e = UserError(err[0])
+        e.exit_code = err[1]
+        raise e

@@ -34,15 +34,21 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from lmforge.checkpoint import CONFIG, TOKENIZER, atomic_write_text, load_run, require_run_dir
+from lmforge.checkpoint import (
+    CONFIG,
+    TOKENIZER,
+    atomic_write_text,
+    load_run,
+    require_run_dir,
+)
 from lmforge.errors import UserError
+from lmforge.fileio import WriteError, temp_dir_beside
 
 FORMATS = ("onnx", "hf")
 TOLERANCE = 1e-4  # max |logit difference| allowed between the export and PyTorch (float32)
@@ -68,13 +74,18 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
     if fmt == "hf":
         check_hf(kind, cfg, model, tok)  # before anything is written
     made = next((p for p in reversed(out.absolute().parents) if not p.exists()), None)  # the first folder we create
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         info = (_write_onnx if fmt == "onnx" else _write_hf)(tmp, run_dir, cfg, model, tok, kind)
         info = {"format": fmt, "source": str(run_dir), "model": kind, **info}
         atomic_write_text(tmp / "export.json", json.dumps(info, indent=2) + "\n")
         os.replace(tmp, out)  # out is absent or an empty folder: one rename
+    except WriteError as e:  # a file of the temporary folder: name the folder the user asked for
+        shutil.rmtree(made if made is not None else tmp, ignore_errors=True)
+        raise WriteError(out, e.error) from None
+    except OSError as e:
+        shutil.rmtree(made if made is not None else tmp, ignore_errors=True)
+        raise WriteError(out, e) from None
     except BaseException:
         shutil.rmtree(made if made is not None else tmp, ignore_errors=True)
         raise
@@ -187,6 +198,8 @@ def _write_onnx(tmp: Path, run_dir: Path, cfg, model: nn.Module, tok, kind: str)
         try:  # TorchScript exporter: no onnxscript needed, and it handles the LSTM's packed sequences
             torch.onnx.export(wrapper, tuple(example[n] for n in names), str(path), dynamo=False, opset_version=OPSET,
                               input_names=names, output_names=["logits"], dynamic_axes=axes)
+        except OSError as e:  # a full disk, a file too large: the user's --out is what could not be written
+            raise WriteError(path, e) from None
         except Exception as e:  # noqa: BLE001 - report the exporter's reason in one line
             raise UserError(f"ONNX export of the {kind} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     model.eval()  # the exporter restores the wrapper's previous mode
@@ -234,7 +247,11 @@ def check_hf(kind: str, cfg, model: nn.Module, tok) -> None:
 def _write_hf(tmp: Path, run_dir: Path, cfg, model: nn.Module, tok, kind: str) -> dict:
     transformers = _need("transformers")
     from lmforge.hf.bert import bert_to_hf_state_dict, hf_bert_config
-    from lmforge.hf.gpt2 import gpt_classifier_to_hf_state_dict, gpt_to_hf_state_dict, hf_gpt2_config
+    from lmforge.hf.gpt2 import (
+        gpt_classifier_to_hf_state_dict,
+        gpt_to_hf_state_dict,
+        hf_gpt2_config,
+    )
 
     m, sd, pad = cfg.model, model.state_dict(), tok.pad_id if tok.pad_id is not None else 0
     special = dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=pad)

@@ -58,6 +58,12 @@ def load_base(ft: FinetuneConfig) -> tuple[ModelConfig, dict[str, torch.Tensor],
     if ft.base:
         base = ckpt.require_run_dir(ft.base)
         cfg_base, model, tok = ckpt.load_run(base)
+        if cfg_base.finetune.labels:  # its weights are a backbone plus a head: not what --base rebuilds
+            raise UserError(f"finetune.base: {base} is a fine-tuned classifier ({', '.join(cfg_base.finetune.label_names)}); "
+                            "--base takes a pretraining run (lmforge pretrain --out)")
+        if cfg_base.compress.quantize:
+            raise UserError(f"finetune.base: {base} is {cfg_base.compress.quantize}-quantized; fine-tune from the float run "
+                            f"it came from ({cfg_base.compress.source})")
         sd = model.state_dict()
         mcfg = cfg_base.model
     elif ft.base_hf:
@@ -254,7 +260,7 @@ def _resolve(cfg: RunConfig, run_dir: Path, resuming: bool):
 def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
              resume: str | Path | None = None, progress: bool = True) -> dict:
     """Start or continue a fine-tuning run; returns fit()'s summary plus the validation accuracy."""
-    cfg, run_dir = ckpt.open_run(config_path, overrides or {}, out, resume)
+    cfg, run_dir = ckpt.open_run(config_path, overrides or {}, out, resume, verb="finetune")
     if resume is None and not cfg.finetune.data:
         raise UserError("finetune.data: no labelled data given (set it in the recipe or pass --finetune.data NAME|FILE)")
     if resume is None and cfg.finetune.base_recipe:
@@ -271,7 +277,7 @@ def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = 
         result = _run(cfg, run_dir, resume is not None, info, progress)
         clean = True
         return result
-    except UserError:
+    except Exception:  # an interruption (KeyboardInterrupt) is no failure: the run can be resumed
         if resume is None and info.is_main and not (run_dir / ckpt.TRAIN_STATE).exists():
             ckpt.discard_new_files(run_dir, existed)  # a run that failed before training leaves nothing behind
         raise
@@ -281,11 +287,17 @@ def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = 
 
 def _run(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) -> dict:
     tok, train, val, backbone_sd = _resolve(cfg, run_dir, resuming=resuming)
-    if info.is_main:
-        ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))
-        if not (run_dir / ckpt.TOKENIZER).exists():
-            tok.save(run_dir / ckpt.TOKENIZER)
-    distributed.barrier(info)
+
+    def record() -> None:  # a resume records its overrides only once its checkpoint has loaded
+        if info.is_main:
+            ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))
+            if not (run_dir / ckpt.TOKENIZER).exists():
+                tok.save(run_dir / ckpt.TOKENIZER)
+            ckpt.clean_stale_temps(run_dir)
+        distributed.barrier(info)
+
+    if not resuming:
+        record()
     ft = cfg.finetune
     pad_id = tok.pad_id if tok.pad_id is not None else 0
     max_len = min(ft.max_length, cfg.model.block_size) if cfg.model.name != "lstm" else ft.max_length
@@ -306,7 +318,7 @@ def _run(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) ->
     batches = ClassifyBatches(ids, train.labels, val_ids, val.labels, pad_id, cfg.train.batch_size, cfg.train.seed,
                               group_by_length=ft.group_by_length)
     summary = fit(model, batches, cfg.train, run_dir, loss_fn=cls_loss, info=info, progress=progress, lr_scale=lr_scale,
-                  val_accuracy=True)
+                  val_accuracy=True, on_restored=record if resuming else None)
     if ft.mode == "lora" and info.is_main:  # the run dir keeps adapters + head; the base is named in config.yaml
         from lmforge.lora import lora_state_dict
 

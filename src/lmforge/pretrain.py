@@ -18,7 +18,13 @@ import torch
 from lmforge import checkpoint as ckpt
 from lmforge import distributed
 from lmforge.config import RunConfig, save_config
-from lmforge.data import TokenData, iter_eval_batches, make_batch, prepare_tokens, sample_starts
+from lmforge.data import (
+    TokenData,
+    iter_eval_batches,
+    make_batch,
+    prepare_tokens,
+    sample_starts,
+)
 from lmforge.errors import UserError
 from lmforge.models import build
 from lmforge.tokenizer import Tokenizer, train_tokenizer
@@ -144,46 +150,56 @@ def pretrain(
     objective(cfg)  # fail before anything is written
     info = distributed.init(resolve_device(cfg.train.device).type)
     clean = False  # set once this rank finished normally: only then wait for the others at shutdown
+    existed = None
     try:
         if resume is None:  # every rank has checked the run dir is new before rank 0 writes
             distributed.barrier(info)
             existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
             distributed.main_first(info, lambda: ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg)))
-            try:
-                distributed.main_first(info, lambda: _prepare(cfg, run_dir))
-            except UserError:  # bad data: leave no half-made run behind, so the same command can be re-run
-                if info.is_main:
-                    ckpt.discard_new_files(run_dir, existed)
-                raise
-        else:
-            distributed.main_first(info, lambda: _prepare(cfg, run_dir))
-        tok = Tokenizer.load(run_dir / ckpt.TOKENIZER)
-        data = TokenData.load(run_dir / "data")
-
-        if cfg.model.vocab_size == 0:
-            cfg.model.vocab_size = tok.vocab_size
-        distributed.main_first(info, lambda: ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg)))
-
-        torch.manual_seed(cfg.train.seed)
-        model = build(cfg.model)
-        obj, loss_fn = objective(cfg), lm_loss
-        if obj == "clm":
-            batches = LMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches)
-        else:
-            batches = MLMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches,
-                                 tok, cfg.data.mask_prob, form="select" if obj == "mlm" else "rtd")
-        evaluator = None
-        if obj == "rtd":
-            from lmforge.models.electra import electra_loss as loss_fn, evaluate_electra as evaluator
-        summary = fit(model, batches, cfg.train, run_dir, loss_fn=loss_fn, info=info, progress=progress, evaluator=evaluator)
-        summary["run_dir"] = str(run_dir)
-        summary["params"] = sum(p.numel() for p in model.parameters())
-        if summary.get("val_loss") is not None and not math.isfinite(summary["val_loss"]):
-            summary["val_ppl"] = float("inf")
-        if obj == "rtd":  # the loss is generator CE + DISC_WEIGHT x discriminator BCE: no perplexity
-            summary["val_ppl"] = None
-        summary["is_main"] = info.is_main
+        summary = _train(cfg, run_dir, resume is not None, info, progress)
         clean = True
         return summary
+    except Exception:  # bad data or config, found before the first checkpoint: leave no half-made run behind,
+        if resume is None and info.is_main and not (run_dir / ckpt.TRAIN_STATE).exists():  # so the command can be re-run
+            ckpt.discard_new_files(run_dir, existed)
+        raise
     finally:
         distributed.shutdown(info, clean)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) -> dict:
+    """Tokenizer and shards (each made once), the model and its batches, then ``fit()``."""
+    distributed.main_first(info, lambda: _prepare(cfg, run_dir))
+    tok = Tokenizer.load(run_dir / ckpt.TOKENIZER)
+    data = TokenData.load(run_dir / "data")
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = tok.vocab_size
+
+    def record_config() -> None:  # a resume's overrides are recorded once its checkpoint has loaded
+        ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))
+        ckpt.clean_stale_temps(run_dir)
+
+    if not resuming:
+        distributed.main_first(info, record_config)
+    torch.manual_seed(cfg.train.seed)
+    model = build(cfg.model)
+    obj, loss_fn = objective(cfg), lm_loss
+    if obj == "clm":
+        batches = LMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches)
+    else:
+        batches = MLMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches,
+                             tok, cfg.data.mask_prob, form="select" if obj == "mlm" else "rtd")
+    evaluator = None
+    if obj == "rtd":
+        from lmforge.models.electra import electra_loss as loss_fn
+        from lmforge.models.electra import evaluate_electra as evaluator
+    summary = fit(model, batches, cfg.train, run_dir, loss_fn=loss_fn, info=info, progress=progress, evaluator=evaluator,
+                  on_restored=(lambda: distributed.main_first(info, record_config)) if resuming else None)
+    summary["run_dir"] = str(run_dir)
+    summary["params"] = sum(p.numel() for p in model.parameters())
+    if summary.get("val_loss") is not None and not math.isfinite(summary["val_loss"]):
+        summary["val_ppl"] = float("inf")
+    if obj == "rtd":  # the loss is generator CE + DISC_WEIGHT x discriminator BCE: no perplexity
+        summary["val_ppl"] = None
+    summary["is_main"] = info.is_main
+    return summary

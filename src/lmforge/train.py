@@ -189,6 +189,7 @@ def fit(
     val_accuracy: bool = False,
     evaluator: Callable[..., tuple[float, dict[str, float]]] | None = None,
     resumable: bool = True,
+    on_restored: Callable[[], None] | None = None,
 ) -> dict:
     """Train ``model`` in place; resume from ``run_dir`` if it holds a training state.
 
@@ -203,6 +204,8 @@ def fit(
     ``resumable``: a SIGINT / SIGTERM stops after the step with a checkpoint there (:class:`StopRequest`)
     and says how to resume; False for callers whose run dir does not outlive an interruption (compress
     builds its output in a temporary folder): the signal then acts at once, without that message.
+    ``on_restored()`` runs once the training state (if any) is loaded and checked, before fit() writes
+    anything: a resume records its new config there, so a resume that fails leaves the run dir untouched.
     Returns a summary: steps, tokens, seconds, final train loss, val loss and perplexity.
     """
     run_dir = Path(run_dir)
@@ -227,7 +230,12 @@ def fit(
     ema = None
     if state is not None:
         ckpt.load_into(model, state["model"], str(run_dir / ckpt.TRAIN_STATE))
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:  # another optimizer, or groups that changed
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"{run_dir / ckpt.TRAIN_STATE}: its optimizer state does not fit train.optimizer="
+                            f"{cfg.optimizer} with this model ({reason}); resume with the run's own train.* settings") from None
         meta = state["meta"]
         start, tokens_seen, elapsed_before = meta["step"], meta["tokens"], meta.get("elapsed", 0.0)
         if meta.get("scaler"):
@@ -238,17 +246,17 @@ def fit(
             torch.manual_seed(cfg.seed + 1000 * start + info.rank)
         if state["rng_cuda"] is not None and device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"])
-        if info.is_main:
-            ckpt.truncate_metrics(run_dir, start)
         if cfg.ema_decay:
             ema = EMA(model, cfg.ema_decay, state["ema"])
     else:
         torch.manual_seed(cfg.seed + info.rank)
-        if info.is_main:
-            ckpt.truncate_metrics(run_dir, 0)
-
     if cfg.ema_decay and ema is None:
         ema = EMA(model, cfg.ema_decay)
+    # everything is checked and restored: only from here on does fit() write into the run dir
+    if on_restored is not None:
+        on_restored()
+    if info.is_main:
+        ckpt.truncate_metrics(run_dir, start)
     averaged = ema.swapped if ema is not None else lambda _m: contextlib.nullcontext()
     net: torch.nn.Module = model
     if info.enabled:

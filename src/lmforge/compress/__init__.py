@@ -31,7 +31,6 @@ import math
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -118,8 +117,7 @@ def compress(run_dir: str | Path, method: str, out: str | Path, sparsity: float 
 def _build(src: Path, out: Path, write, data, split, max_batches, repeats: int) -> dict:
     """``write(tmp) -> details`` fills a temporary run dir next to ``out``; measure it against ``src``, add
     compression.json / .md and rename it to ``out``. Any failure removes the temporary folder."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         umask = os.umask(0o022)
         os.umask(umask)
@@ -136,6 +134,9 @@ def _build(src: Path, out: Path, write, data, split, max_batches, repeats: int) 
                 raise UserError(f"--out {out}: another process wrote there while this one ran; nothing was kept "
                                 "(choose a new folder)") from None
             raise
+    except (WriteError, OSError) as e:  # a file of the temporary folder: name the folder the user asked for
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(out, e.error if isinstance(e, WriteError) else e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
+from lmforge.config.fields import show
 from lmforge.errors import UserError
 from lmforge.fileio import atomic_write_bytes
 
@@ -26,12 +28,44 @@ def read_reports(runs: list[str | Path]) -> list[dict]:
         if not path.is_file():
             raise UserError(f"{run}: no compression.json (expected a run dir made by `lmforge compress`)")
         try:
-            out.append(json.loads(path.read_text(encoding="utf-8")))
+            report = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text (expected the compression.json `lmforge compress` wrote)") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: invalid JSON ({e.msg})") from None
+        _check_report(report, path)
+        out.append(report)
     if not out:
         raise UserError("report compress: give at least one run dir made by `lmforge compress`")
     return out
+
+
+def _check_report(r, path: Path) -> None:
+    """What the plot reads from a compression.json, checked as untrusted input (one line naming the field)."""
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: {what} (expected the compression.json `lmforge compress` wrote)")
+
+    if not isinstance(r, dict):
+        raise bad(f"expected a JSON object, got {type(r).__name__}")
+    for key in ("source", "run_dir", "method"):
+        if not isinstance(r.get(key), str):
+            raise bad(f"{key}: expected a string, got {show(r.get(key))}")
+    for where, d in (("", r), ("original.", r.get("original"))):
+        if not isinstance(d, dict):
+            raise bad(f"{where[:-1]}: expected an object, got {show(d)}")
+        for key in ("latency_ms_b1", "latency_ms_b32"):
+            if not number(d.get(key)):
+                raise bad(f"{where}{key}: expected a finite number, got {show(d.get(key))}")
+        m = d.get("metric")
+        if not isinstance(m, dict) or not any(k in m for k in ("accuracy", "perplexity")):
+            raise bad(f"{where}metric: expected an object with accuracy or perplexity, got {show(m)}")
+        if not all(number(m[k]) for k in ("accuracy", "perplexity") if k in m):
+            raise bad(f"{where}metric: expected finite numbers, got {show(m)}")
+    if not number(r.get("size_mb")):
+        raise bad(f"size_mb: expected a finite number, got {show(r.get('size_mb'))}")
 
 
 def plot_compression(runs: list[str | Path], out: str | Path, batch: int = 1) -> Path:
