@@ -18,7 +18,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-from lmforge.labelled import load_labelled
+from lmforge.data.labelled import load_labelled
 
 SETS = {
     "chn-reviews": dict(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True),

@@ -31,17 +31,17 @@ import warnings
 from pathlib import Path
 
 import torch
-
 from _common import LoadMonitor, emit, machine, quiet_warnings, set_threads, timed
 
-from lmforge import checkpoint as ckpt
-from lmforge import datasets
+from lmforge.data import registry as datasets
+from lmforge.runs import files as ckpt
+from lmforge.runs import loader
 
 
 def load_model(run: str | None):
     """(cfg, classifier, tokenizer, fine_tuned?)"""
     if run and Path(run, "model.safetensors").exists():
-        cfg, model, tok = ckpt.load_run(run)
+        cfg, model, tok = loader.load_run(run)
         return cfg, model.eval(), tok, True
     from lmforge.config import RunConfig
     from lmforge.hf import load_hf_folder
@@ -108,7 +108,7 @@ def ort_session(path: Path, threads: int):
 
 
 def accuracy(predict, tok, texts, labels, max_len: int, batch: int = 64) -> float:
-    from lmforge.finetune import collate, encode_texts
+    from lmforge.recipes.finetune import collate, encode_texts
 
     ids = encode_texts(tok, texts, max_len)
     pad = tok.pad_id if tok.pad_id is not None else 0
@@ -140,8 +140,8 @@ def main(argv=None) -> dict:
     set_threads(args.threads)
     torch.manual_seed(0)
 
-    from lmforge.compress.quantize import _qdyn_reference, quantize_int8
-    from lmforge.export import export_run
+    from lmforge.tools.compress.quantize import _qdyn_reference, quantize_int8
+    from lmforge.tools.export import export_run
 
     cfg, model, tok, tuned = load_model(args.run)
     int8, _ = quantize_int8(model)
@@ -193,7 +193,7 @@ def main(argv=None) -> dict:
 
     acc = {}
     if tuned:
-        from lmforge.labelled import load_labelled
+        from lmforge.data.labelled import load_labelled
 
         ft = cfg.finetune
         d = load_labelled(ft.data, args.split, ft.text_column, ft.label_column, ft.label_names)

@@ -39,12 +39,12 @@ def errors(run_dir: str, data: str | None, split: str) -> tuple[list[dict], int,
     the accuracy by length in tokens ({"<16": {"examples", "accuracy"}, ...})."""
     import torch
 
-    from lmforge import checkpoint as ckpt
-    from lmforge.evaluate import predict_proba
-    from lmforge.labelled import load_labelled
+    from lmforge.data.labelled import load_labelled
+    from lmforge.runs import loader
+    from lmforge.tools.evaluate import predict_proba
 
     torch.set_num_threads(1)
-    cfg, model, tok = ckpt.load_run(run_dir, verb="audit")
+    cfg, model, tok = loader.load_run(run_dir, verb="audit")
     ft = cfg.finetune
     if not ft.labels:
         from lmforge.errors import UserError

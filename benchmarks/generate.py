@@ -33,11 +33,10 @@ import statistics
 import sys
 import time
 
-import torch
-from torch import nn
-
 import peak
+import torch
 from _common import LoadMonitor, emit, machine, quiet_warnings, ratio, set_threads, timed
+from torch import nn
 
 SHAPES = {
     "13.8M": dict(vocab_size=8192, block_size=256, n_layer=6, n_head=6, n_embd=384),
@@ -84,8 +83,8 @@ def hf_int8(hf: nn.Module) -> nn.Module:
 def variants(ours: nn.Module, hf: nn.Module, dtype: str):
     """(lmforge model, transformers model, bytes a decode step reads, seconds ``for_decode`` took) for ``dtype``;
     lmforge's model goes through ``for_decode`` (as ``lmforge generate`` does)."""
-    from lmforge.compress.quantize import quantize_int8
     from lmforge.models.layers import for_decode
+    from lmforge.tools.compress.quantize import quantize_int8
 
     if dtype == "fp32":
         ours, hf = copy.deepcopy(ours), hf
@@ -129,7 +128,7 @@ def main(argv=None) -> dict:
         args.shapes, args.prompt, args.new, args.repeats = "tiny", 4, 8, 1
     quiet_warnings()
     set_threads(args.threads)
-    from lmforge.generate import generate
+    from lmforge.tools.generate import generate
 
     results, ratios, bandwidth, nbytes_of = {}, {}, [], {}
     with LoadMonitor() as mon:

@@ -22,7 +22,6 @@ import sys
 import time
 
 import torch
-
 from _common import CACHE_DIR, LoadMonitor, emit, machine, set_threads, timed
 
 MAX_AGE_S = 12 * 3600

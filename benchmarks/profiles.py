@@ -19,7 +19,6 @@ import sys
 import time
 
 import torch
-
 from _common import emit, machine, quiet_warnings, set_threads
 
 CATEGORIES = {
@@ -73,7 +72,7 @@ def main(argv=None) -> dict:
     import generate as gen
     import train as tr
 
-    from lmforge.generate import generate
+    from lmforge.tools.generate import generate
 
     out: dict = {"benchmark": "profiles"}
     shape = "tiny" if args.smoke else "13.8M"

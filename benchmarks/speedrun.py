@@ -18,7 +18,7 @@ mean next-token cross-entropy in nats/token (``lm_loss``), always in float32 wit
    ``sdpa`` in fp32 (the faster of the two in each, PERF-NOTES.md).
 2. lmforge: the recipe ``--recipe`` (default ``configs/gpt-zh-speedrun.yaml``: the demo's 5.3M shape,
    context 128, batch 32, with rotary positions, RMSNorm, a squared-ReLU MLP, no biases or dropout,
-   Muon, 400 steps) run by ``lmforge.train.fit`` in this process, with these overrides only: the
+   Muon, 400 steps) run by ``lmforge.training.loop.fit`` in this process, with these overrides only: the
    shared tokenizer, ``--dtype``, ``--threads``, no checkpoints before the end, and ``max_steps`` /
    ``warmup_steps`` scaled by ref-minutes / 10 (a recipe's steps are its plan against a 10-minute
    reference). Context and batch differ from the reference by the
@@ -44,9 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 import _common
+import torch
 from _common import LoadMonitor, emit, machine, quiet_warnings, set_threads
 
 REF = {"13.8M": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch=8, lr=1e-3),
@@ -63,8 +62,8 @@ class _Stop(Exception):
 
 def prepare(spec: str, vocab: int):
     """(tokenizer, TokenData): one lmforge BPE tokenizer and its shards, cached by text and vocab size."""
-    from lmforge.data import prepare_tokens
-    from lmforge.datasets import load_text
+    from lmforge.data.registry import load_text
+    from lmforge.data.shards import prepare_tokens
     from lmforge.tokenizer import Tokenizer, train_tokenizer
 
     train_text, val_text = load_text(spec)
@@ -81,7 +80,7 @@ def prepare(spec: str, vocab: int):
 @torch.no_grad()
 def val_loss(model: torch.nn.Module, batches: list, hf: bool) -> float:
     """Mean next-token cross-entropy (nats/token) over ``batches``, float32, eval mode."""
-    from lmforge.train import lm_loss
+    from lmforge.training.loop import lm_loss
 
     was = model.training
     model.eval()
@@ -98,8 +97,8 @@ def train_reference(shape: dict, vocab_size: int, data, evals: list, seconds: fl
     """GPT2LMHeadModel trained for ``seconds`` of training time; its curve and final validation loss."""
     import transformers
 
-    from lmforge.pretrain import LMBatches
-    from lmforge.train import autocast_context, lm_loss
+    from lmforge.recipes.pretrain import LMBatches
+    from lmforge.training.loop import autocast_context, lm_loss
 
     attn = "eager" if dtype == "bf16" else "sdpa"
     cfg = transformers.GPT2Config(vocab_size=vocab_size, n_positions=shape["block_size"], n_embd=shape["n_embd"],
@@ -152,8 +151,8 @@ def train_lmforge(recipe: str, overrides: dict, tok_path: Path, data, evals: lis
     """The recipe run by ``fit`` until its validation loss reaches ``target`` or ``cap`` seconds of training."""
     from lmforge.config import load_config
     from lmforge.models import build
-    from lmforge.pretrain import LMBatches
-    from lmforge.train import fit
+    from lmforge.recipes.pretrain import LMBatches
+    from lmforge.training.loop import fit
 
     cfg = load_config(recipe, overrides)
     steps = cfg.train.max_steps
@@ -220,7 +219,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="tiny models, a 3-second reference (tests)")
     args = ap.parse_args(argv)
     from lmforge.config import load_config
-    from lmforge.data import iter_eval_batches
+    from lmforge.data.shards import iter_eval_batches
 
     shape, overrides, seconds = REF["13.8M"], {}, args.ref_minutes * 60
     if args.smoke:

@@ -24,11 +24,10 @@ import copy
 import sys
 import time
 
-import torch
-from torch import nn
-
 import peak
+import torch
 from _common import LoadMonitor, emit, machine, quiet_warnings, ratio, set_threads, timed
+from torch import nn
 
 SHAPES = {
     "13.8M": dict(vocab_size=8192, block_size=256, n_layer=6, n_head=6, n_embd=384),
@@ -44,10 +43,10 @@ def flops_per_token(cfg) -> float:
 
 
 def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, hf: bool):
-    """One optimizer step of ``model`` on (x, y), as ``lmforge.train.fit`` does it."""
+    """One optimizer step of ``model`` on (x, y), as ``lmforge.training.loop.fit`` does it."""
     from lmforge.config import TrainConfig
-    from lmforge.optim import build_optimizer
-    from lmforge.train import autocast_context, lm_loss
+    from lmforge.training.loop import autocast_context, lm_loss
+    from lmforge.training.optim import build_optimizer
 
     opt = build_optimizer(model, TrainConfig(lr=3e-4, weight_decay=0.1))
     device = torch.device("cpu")

@@ -20,15 +20,15 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
-from lmforge import checkpoint as ckpt  # noqa: E402
 from lmforge.config import FinetuneConfig, ModelConfig, RunConfig, save_config  # noqa: E402
-from lmforge.generate import generate, stream_decode  # noqa: E402
-from lmforge.serve import bind  # noqa: E402
-from lmforge.serve.app import create_app  # noqa: E402
-from lmforge.serve.limits import Limits  # noqa: E402
-from lmforge.serve.protocol import server_config  # noqa: E402
-from lmforge.serve.registry import load_models  # noqa: E402
+from lmforge.runs import files as ckpt  # noqa: E402
 from lmforge.tokenizer import train_tokenizer  # noqa: E402
+from lmforge.tools.generate import generate, stream_decode  # noqa: E402
+from lmforge.tools.serve import bind  # noqa: E402
+from lmforge.tools.serve.app import create_app  # noqa: E402
+from lmforge.tools.serve.limits import Limits  # noqa: E402
+from lmforge.tools.serve.protocol import server_config  # noqa: E402
+from lmforge.tools.serve.registry import load_models  # noqa: E402
 
 CLASSIFIERS = ("clf-gpt", "clf-bert", "clf-lstm", "clf-int8")
 LM_CFG = dict(n_layer=1, n_head=2, n_embd=32, block_size=64)
@@ -45,10 +45,10 @@ def write_run(folder: Path, cfg: RunConfig, tok, tensors: dict, meta: dict | Non
 def make_runs(folder: Path, names: dict[str, str] | None = None) -> dict[str, Path]:
     """Random-weight run dirs: a GPT LM ("lm"), its int8 ("lm-int8") and head-pruned ("lm-heads") copies,
     GPT / BERT / LSTM classifiers and an int8 GPT classifier (``CLASSIFIERS``). ``names`` renames folders."""
-    from lmforge.compress.prune import prune_structured
-    from lmforge.compress.quantize import int8_state_dict, quantize_int8
-    from lmforge.finetune import build_classifier
     from lmforge.models import build
+    from lmforge.recipes.finetune import build_classifier
+    from lmforge.tools.compress.prune import prune_structured
+    from lmforge.tools.compress.quantize import int8_state_dict, quantize_int8
 
     names = names or {}
     folder.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ def assert_error(r, status: int, code: str | None = None):
 
 
 def expected_text(sm, prompt: str, max_tokens: int, **kw) -> tuple[str, int]:
-    """What lmforge.generate gives for the same request: (text, tokens generated)."""
+    """What lmforge.tools.generate gives for the same request: (text, tokens generated)."""
     ids = list(generate(sm.model, sm.tok.encode(prompt), max_tokens, eos_id=sm.tok.eos_id, **kw))
     return "".join(stream_decode(sm.tok, ids)), len(ids)
 

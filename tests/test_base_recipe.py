@@ -8,7 +8,7 @@ from helpers import REPO, make_corpus
 from test_finetune import make_labelled
 
 from lmforge.__main__ import main
-from lmforge.checkpoint import CONFIG, WEIGHTS, saved_step
+from lmforge.runs.files import CONFIG, WEIGHTS, saved_step
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@ import os
 import pytest
 import torch
 
-from lmforge import checkpoint as ckpt
 from lmforge.errors import UserError
+from lmforge.runs import files as ckpt
+from lmforge.runs import loader
 
 
 class Tied(torch.nn.Module):
@@ -75,6 +76,6 @@ def test_metrics_truncate(tmp_path):
 
 def test_require_run_dir(tmp_path):
     with pytest.raises(UserError, match="not an lmforge run directory"):
-        ckpt.require_run_dir(tmp_path)
+        loader.require_run_dir(tmp_path)
     with pytest.raises(UserError, match="not found"):
-        ckpt.require_run_dir(tmp_path / "nope")
+        loader.require_run_dir(tmp_path / "nope")

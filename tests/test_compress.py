@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from test_finetune import make_labelled
 
 from lmforge.__main__ import main
-from lmforge.checkpoint import load_run
-from lmforge.compress import compress
-from lmforge.compress import prune as P
 from lmforge.errors import UserError
+from lmforge.runs.loader import load_run
+from lmforge.tools.compress import compress
+from lmforge.tools.compress import prune as P
 
 TINY = str(REPO / "configs" / "gpt-tiny.yaml")
 KEYS = {"size_mb", "params", "params_nonzero", "latency_ms_b1", "latency_ms_b32", "throughput_seq_s_b32", "metric"}
@@ -232,7 +232,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(runs, int8_lm, tmp_pat
 def test_int8_linear_per_token_scales_survive_an_outlier_token():
     """One token 100x larger than the rest: per-token activation scales keep the others precise
     (a per-tensor scale, as in quantize_dynamic, would leave them ~7 bits of a 100x larger range)."""
-    from lmforge.compress.quantize import Int8Linear
+    from lmforge.tools.compress.quantize import Int8Linear
 
     g = torch.Generator().manual_seed(0)
     lin = torch.nn.Linear(64, 48, bias=False)

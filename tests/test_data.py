@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.data import TokenData, iter_eval_batches, make_batch, prepare_tokens, sample_starts
+from lmforge.data.shards import TokenData, iter_eval_batches, make_batch, prepare_tokens, sample_starts
 from lmforge.errors import UserError
 from lmforge.tokenizer import train_tokenizer
 

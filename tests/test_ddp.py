@@ -14,7 +14,7 @@ import torch
 from helpers import REPO, env1, lmforge, make_corpus
 from safetensors.torch import load_file
 
-from lmforge.checkpoint import load_train_state, read_metrics
+from lmforge.runs.files import load_train_state, read_metrics
 
 TINY = str(REPO / "configs" / "gpt-tiny.yaml")
 pytestmark = pytest.mark.slow

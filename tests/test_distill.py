@@ -15,8 +15,9 @@ from helpers import REPO, assert_one_line_errors, make_corpus
 from test_finetune import make_labelled
 
 from lmforge.__main__ import main
-from lmforge.checkpoint import load_run
-from lmforge.compress.distill import (
+from lmforge.errors import UserError
+from lmforge.runs.loader import load_run
+from lmforge.tools.compress.distill import (
     Distiller,
     Outputs,
     TeacherBatches,
@@ -25,7 +26,6 @@ from lmforge.compress.distill import (
     distill_loss,
     student_config,
 )
-from lmforge.errors import UserError
 
 TINY = str(REPO / "configs" / "gpt-tiny.yaml")
 KEYS = {"size_mb", "params", "latency_ms_b1", "latency_ms_b32", "metric"}
@@ -72,10 +72,10 @@ def test_the_loss_is_hinton_s():
 
 
 def test_init_embedding_keeps_the_teacher_s_principal_directions():
-    from lmforge.compress.distill import init_embedding
     from lmforge.config import ModelConfig
     from lmforge.models import build
     from lmforge.models.lstm import LSTMClassifier
+    from lmforge.tools.compress.distill import init_embedding
 
     torch.manual_seed(0)
     teacher = build(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=8))
@@ -100,8 +100,8 @@ def test_init_embedding_keeps_the_teacher_s_principal_directions():
 @pytest.mark.parametrize("teacher", ["clf", "lm"])
 def test_distillation_loss_decreases(runs, teacher, tmp_path):
     """fit() on real teacher outputs: the whole loss, its soft part and the hidden-state part all fall."""
-    from lmforge.compress.prune import _training_data
-    from lmforge.train import fit
+    from lmforge.tools.compress.prune import _training_data
+    from lmforge.training.loop import fit
 
     text = LSTM if teacher == "clf" else GPT_LM.replace("n_embd: 32", "n_embd: 16")  # both narrower: a projection
     tcfg, tmodel, tok = load_run(runs / teacher)
@@ -186,9 +186,9 @@ def test_distilled_language_model_generates_and_evaluates(runs, teacher, capsys)
 
 def test_the_zh_student_is_under_a_quarter_of_the_teacher():
     """configs/distill-zh-student.yaml against the teacher of configs/sentiment-zh.yaml, counted as compression.json does."""
-    from lmforge.checkpoint import _dedupe
     from lmforge.config import load_config
-    from lmforge.finetune import build_classifier
+    from lmforge.recipes.finetune import build_classifier
+    from lmforge.runs.files import _dedupe
 
     def params(cfg):
         cfg.model.vocab_size = 8192
@@ -258,7 +258,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(runs, tmp_path, capsys
 
 
 def test_an_out_written_meanwhile_is_a_one_line_error(runs, tmp_path, monkeypatch, capsys):
-    import lmforge.compress as C
+    import lmforge.tools.compress as C
 
     measure = C._measure
 

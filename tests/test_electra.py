@@ -9,15 +9,16 @@ import torch
 from helpers import REPO, make_corpus
 from safetensors.torch import load_file
 
-from lmforge import checkpoint as ckpt
 from lmforge.__main__ import main
 from lmforge.config import ModelConfig, TrainConfig
-from lmforge.data import TokenData
+from lmforge.data.shards import TokenData
 from lmforge.models import build
 from lmforge.models.electra import DISC_WEIGHT, ElectraForPretraining, electra_loss
-from lmforge.pretrain import MLMBatches
+from lmforge.recipes.pretrain import MLMBatches
+from lmforge.runs import files as ckpt
+from lmforge.runs import loader
 from lmforge.tokenizer import train_tokenizer
-from lmforge.train import fit
+from lmforge.training.loop import fit
 
 TINY = str(REPO / "configs" / "gpt-tiny.yaml")
 
@@ -129,7 +130,7 @@ def test_pretrain_then_finetune_its_discriminator(tmp_path, capsys):
     assert "perplexity" not in capsys.readouterr().out  # the loss is CE + 50 x BCE: no perplexity
     # both parts learned, against the same model untrained: the generator's CE fell well below ln V and the
     # discriminator's BCE below ln 2 (in 150 tiny steps, to about what the share of replaced tokens gives)
-    cfg, trained, tok = ckpt.load_run(run)
+    cfg, trained, tok = loader.load_run(run)
     torch.manual_seed(0)
     fresh = build(cfg.model).eval()
     x, _ = next(iter(MLMBatches(TokenData.load(run / "data"), 64, 32, 0, 1, tok, 0.25, form="rtd").eval_batches()))
@@ -144,7 +145,7 @@ def test_pretrain_then_finetune_its_discriminator(tmp_path, capsys):
     out = tmp_path / "clf"
     assert main(["finetune", "--finetune.data", str(data), "--base", str(run), "--finetune.pooling=mean",
                  "--train.max_steps=1", "--train.lr=1e-9", "--train.eval_interval=0", "--out", str(out)]) == 0
-    cfg, model, _ = ckpt.load_run(out)
+    cfg, model, _ = loader.load_run(out)
     assert cfg.model.name == "bert"  # the classifier is an ordinary BERT classifier
     disc = {k[len("bert."):]: v for k, v in load_file(run / ckpt.WEIGHTS).items() if k.startswith("bert.")}
     mine = model.backbone.state_dict()

@@ -9,14 +9,15 @@ import pytest
 import torch
 from helpers import tree_digest
 
-from lmforge import export as ex
 from lmforge.__main__ import main
-from lmforge.checkpoint import load_run, save_weights
 from lmforge.config import FinetuneConfig, ModelConfig, RunConfig, save_config
 from lmforge.errors import UserError
-from lmforge.finetune import build_classifier
 from lmforge.models import build
+from lmforge.recipes.finetune import build_classifier
+from lmforge.runs.files import save_weights
+from lmforge.runs.loader import load_run
 from lmforge.tokenizer import train_tokenizer
+from lmforge.tools import export as ex
 
 ort = pytest.importorskip("onnxruntime")
 transformers = pytest.importorskip("transformers")
@@ -122,7 +123,7 @@ def test_hf_bert_mlm_and_encoder_load_with_equal_outputs(tmp_path, tok, kind):
 
 
 def test_hf_gpt_classifier_predicts_like_lmforge(tmp_path, tok):
-    from lmforge.evaluate import predict_proba
+    from lmforge.tools.evaluate import predict_proba
 
     run = make_run(tmp_path / "run", tok, "gpt-clf")
     info = ex.export_run(run, "hf", tmp_path / "hf")
@@ -188,9 +189,9 @@ def test_a_failed_parity_check_leaves_no_half_export(tmp_path, tok, monkeypatch)
 
 
 def test_lora_run_exports_with_adapters_merged(tmp_path, tok):
-    from lmforge.checkpoint import save_tensors
-    from lmforge.finetune import lora_config
-    from lmforge.lora import apply_lora, lora_state_dict
+    from lmforge.models.lora import apply_lora, lora_state_dict
+    from lmforge.recipes.finetune import lora_config
+    from lmforge.runs.files import save_tensors
 
     base = make_run(tmp_path / "base", tok, "gpt")
     cfg = RunConfig(model=ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32, block_size=16),

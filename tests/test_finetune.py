@@ -9,8 +9,8 @@ import torch
 from helpers import REPO, make_corpus
 
 from lmforge.__main__ import main
-from lmforge.checkpoint import load_run
-from lmforge.finetune import ClassifyBatches
+from lmforge.recipes.finetune import ClassifyBatches
+from lmforge.runs.loader import load_run
 
 TINY = str(REPO / "configs" / "gpt-tiny.yaml")
 
@@ -53,7 +53,7 @@ def test_full_finetune_from_pretrained_gpt(base, capsys):
     assert acc >= 0.9, out
     cfg, model, tok = load_run(tmp / "full")
     assert cfg.finetune.label_names == ["negative", "positive"] and cfg.model.name == "gpt"
-    from lmforge.checkpoint import read_metrics
+    from lmforge.runs.files import read_metrics
 
     vals = [r for r in read_metrics(tmp / "full") if r["split"] == "val"]
     assert vals and vals[-1]["step"] == 150 and abs(vals[-1]["accuracy"] - acc) < 1e-4  # logged at each evaluation
@@ -69,8 +69,8 @@ def test_lora_stores_adapters_only_and_reloads(base, capsys):
     keys = load_file(tmp / "lora" / "model.safetensors").keys()
     assert keys and all("lora_" in k or k.startswith("head.") for k in keys)
     _, model, tok = load_run(tmp / "lora")
-    from lmforge.finetune import accuracy, collate, encode_texts
-    from lmforge.labelled import read_labelled
+    from lmforge.data.labelled import read_labelled
+    from lmforge.recipes.finetune import accuracy, collate, encode_texts
 
     d = read_labelled(data)
     ids = encode_texts(tok, d.texts, 64)
@@ -124,7 +124,7 @@ def test_length_grouped_batches():
 
 
 def test_predict_proba_keeps_the_input_order(base):
-    from lmforge.evaluate import predict_proba
+    from lmforge.tools.evaluate import predict_proba
 
     tmp, data = base
     assert ft(tmp, data, "order", "--train.max_steps=5", "--model.name=lstm", "--model.n_embd=16") == 0
@@ -211,7 +211,7 @@ def test_lora_run_killed_and_resumed_is_bit_exact(base, tmp_path):
     from helpers import env1
     from safetensors.torch import load_file
 
-    from lmforge.checkpoint import read_metrics
+    from lmforge.runs.files import read_metrics
 
     tmp, data = base
     argv = ["finetune", "--finetune.data", str(data), "--base", str(tmp / "lm"), "--finetune.mode=lora",

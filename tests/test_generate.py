@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from lmforge.config import ModelConfig
-from lmforge.generate import generate, sample_next, stream_decode
 from lmforge.models import GPT
+from lmforge.tools.generate import generate, sample_next, stream_decode
 
 
 def tiny_model(seed: int = 0, **kw) -> GPT:
@@ -246,8 +246,8 @@ def test_softmax_attention_bf16_matches_sdpa(T, start):
 def test_for_decode_int8_packs_same_tokens():
     import copy
 
-    from lmforge.compress.quantize import quantize_int8
     from lmforge.models.layers import PackedInt8Linear, _int8_packable, for_decode
+    from lmforge.tools.compress.quantize import quantize_int8
 
     if not _int8_packable():
         pytest.skip("no fbgemm / x86 quantized engine")

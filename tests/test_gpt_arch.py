@@ -11,16 +11,17 @@ import torch
 import torch.nn.functional as F
 from helpers import REPO, assert_one_line_errors, make_corpus
 
-from lmforge import checkpoint as ckpt
 from lmforge.__main__ import main
 from lmforge.config import ModelConfig, RunConfig, TrainConfig, save_config
 from lmforge.errors import UserError
-from lmforge.generate import generate
 from lmforge.hf import gpt2
 from lmforge.models import GPT
 from lmforge.models.layers import RMSNorm, for_decode, rope_table
-from lmforge.optim import MuonAdamW, build_optimizer, lr_at, set_lr
-from lmforge.train import fit
+from lmforge.runs import files as ckpt
+from lmforge.runs import loader
+from lmforge.tools.generate import generate
+from lmforge.training.loop import fit
+from lmforge.training.optim import MuonAdamW, build_optimizer, lr_at, set_lr
 
 torch.set_num_threads(1)
 
@@ -320,7 +321,7 @@ def modern_run(tmp_path_factory):
 
 def test_pretrain_with_muon_and_options_then_generate(modern_run, capsys):
     _, run_dir = modern_run
-    cfg, _, _ = ckpt.load_run(run_dir)
+    cfg, _, _ = loader.load_run(run_dir)
     assert (cfg.train.optimizer, cfg.model.pos_emb, cfg.model.norm, cfg.model.mlp, cfg.model.qk_norm) == \
         ("muon", "rope", "rmsnorm", "swiglu", True)
     train = [r for r in ckpt.read_metrics(run_dir) if r["split"] == "train"]
@@ -333,8 +334,8 @@ def test_pretrain_with_muon_and_options_then_generate(modern_run, capsys):
 
 def test_onnx_export_of_every_option(tmp_path):
     pytest.importorskip("onnxruntime")
-    from lmforge import export as ex
     from lmforge.tokenizer import train_tokenizer
+    from lmforge.tools import export as ex
 
     tok = train_tokenizer(["the king and queen walk to the castle at night", "春天 来了 我们 一起 去 北京"] * 10, vocab_size=300)
     mcfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32, block_size=16, **MODERN, tie_weights=False)

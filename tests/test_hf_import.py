@@ -314,7 +314,7 @@ def test_sharded_safetensors(bert_folder, tmp_path):
 
 @pytest.mark.data
 def test_minilm_matches_transformers():
-    from lmforge import datasets
+    from lmforge.data import registry as datasets
 
     if not datasets.is_registered("minilm-l6"):
         pytest.skip("minilm-l6 is not in the data registry")

@@ -112,7 +112,7 @@ def test_sigkill_at_a_write_then_resume_gives_the_same_weights(reference, kind):
     assert got.keys() == ref.keys()
     for k in ref:
         assert torch.equal(got[k], ref[k]), (kind, k)
-    from lmforge.checkpoint import read_metrics
+    from lmforge.runs.files import read_metrics
 
     steps = [r["step"] for r in read_metrics(out) if r["split"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == 60, steps  # no torn or repeated metrics lines

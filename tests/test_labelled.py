@@ -4,11 +4,18 @@ import random
 
 import pytest
 
-from lmforge import corpora
-from lmforge import datasets as ds
+from lmforge.data import corpora
+from lmforge.data import registry as ds
+from lmforge.data.labelled import (
+    LabelledData,
+    class_counts,
+    load_labelled,
+    read_labelled,
+    read_texts,
+    sort_labels,
+    stratified_split,
+)
 from lmforge.errors import UserError
-from lmforge.labelled import (LabelledData, class_counts, load_labelled, read_labelled, read_texts, sort_labels,
-                              stratified_split)
 
 EXAMPLES = [("a fine film", "positive"), ("dull, long, and loud", "negative"), ("好评！", "positive"),
             ('he said "wow"', "positive"), ("line one\nline two", "negative")]

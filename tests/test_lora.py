@@ -9,7 +9,8 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import UserError
-from lmforge.lora import (
+from lmforge.models import build
+from lmforge.models.lora import (
     LoRAConfig,
     LoRALinear,
     apply_lora,
@@ -18,7 +19,6 @@ from lmforge.lora import (
     mark_trainable,
     merge_lora,
 )
-from lmforge.models import build
 
 ALL = ("c_attn", "c_proj", "c_fc")
 

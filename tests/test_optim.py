@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmforge.config import TrainConfig
-from lmforge.optim import build_optimizer, lr_at, param_groups
+from lmforge.training.optim import build_optimizer, lr_at, param_groups
 
 
 def test_warmup_then_cosine():

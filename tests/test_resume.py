@@ -36,7 +36,7 @@ def kill_when(out, predicate, timeout=120.0):
 
 
 def step_of(out):
-    from lmforge.checkpoint import read_metrics
+    from lmforge.runs.files import read_metrics
 
     steps = [r["step"] for r in read_metrics(out) if r.get("split") == "train"]
     return steps[-1] if steps else 0
@@ -76,7 +76,7 @@ def test_a_stop_signal_finishes_the_step_writes_a_checkpoint_and_resumes_bit_exa
     """The first SIGINT (Ctrl-C) or SIGTERM (a scheduler's) stops a run after its current step with a
     checkpoint there (not only at the last save_interval), exit 128 + signal; resuming from it gives the
     uninterrupted run's weights bit for bit."""
-    from lmforge.checkpoint import load_train_state
+    from lmforge.runs.files import load_train_state
 
     tmp, ref = reference
     out = tmp / f"stopped-{sig.name}"

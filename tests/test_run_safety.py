@@ -188,7 +188,7 @@ def test_resume_skips_metrics_lines_that_are_not_utf8_or_json(run, capsys):
     with open(run / "metrics.jsonl", "ab") as f:
         f.write(b'{"step": 3, "split": "train", "loss": 1.0, "note": "\xff\xfe"}\n{"step": 4, "spl')
     assert main(["pretrain", "--resume", str(run), "--train.max_steps=12"]) == 0
-    from lmforge.checkpoint import read_metrics
+    from lmforge.runs.files import read_metrics
 
     steps = [r["step"] for r in read_metrics(run) if r["split"] == "train"]
     assert steps == sorted(steps) and steps[-1] == 12
@@ -241,7 +241,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(run, capsys, 
 
 
 def test_a_failed_metrics_append_leaves_no_torn_line(tmp_path, monkeypatch):
-    import lmforge.checkpoint as ckpt
+    import lmforge.runs.files as ckpt
 
     ckpt.append_metrics(tmp_path, {"step": 1})
     before = (tmp_path / "metrics.jsonl").read_bytes()

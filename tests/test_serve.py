@@ -14,12 +14,11 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
-from lmforge.evaluate import predict_proba  # noqa: E402
-from lmforge.serve.app import create_app  # noqa: E402
-from lmforge.serve.limits import Limits  # noqa: E402
+from serve_helpers import CLASSIFIERS, assert_error, expected_text, http, models, running, runs, slow_models, sse_events, url  # noqa: E402, F401 - pytest fixtures  # noqa: E402
 
-from serve_helpers import runs, models, slow_models, url, http  # noqa: E402, F401 - pytest fixtures
-from serve_helpers import CLASSIFIERS, assert_error, expected_text, running, sse_events  # noqa: E402
+from lmforge.tools.evaluate import predict_proba  # noqa: E402
+from lmforge.tools.serve.app import create_app  # noqa: E402
+from lmforge.tools.serve.limits import Limits  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- endpoints

@@ -26,11 +26,10 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from serve_helpers import models, runs  # noqa: E402, F401 - pytest fixtures
 
-from lmforge.serve.app import create_app  # noqa: E402
-from lmforge.serve.limits import Limits  # noqa: E402
-
-from serve_helpers import runs, models  # noqa: E402, F401 - pytest fixtures
+from lmforge.tools.serve.app import create_app  # noqa: E402
+from lmforge.tools.serve.limits import Limits  # noqa: E402
 
 KEY = "sk-fuzz"
 LIMITS = Limits(max_body_bytes=32 * 1024, max_prompt_tokens=48, max_completion_tokens=16, max_inputs=4, timeout_s=5)

@@ -16,15 +16,15 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
-from lmforge import checkpoint as ckpt  # noqa: E402
+from serve_helpers import LM_CFG, assert_error, http, models, running, runs, slow_models, url, write_run  # noqa: E402, F401 - pytest fixtures  # noqa: E402
+
 from lmforge.__main__ import main  # noqa: E402
 from lmforge.config import ModelConfig, RunConfig  # noqa: E402
-from lmforge.serve.app import create_app  # noqa: E402
-from lmforge.serve.limits import Limits  # noqa: E402
-from lmforge.serve.registry import load_models  # noqa: E402
-
-from serve_helpers import runs, models, slow_models, url, http  # noqa: E402, F401 - pytest fixtures
-from serve_helpers import LM_CFG, assert_error, running, write_run  # noqa: E402
+from lmforge.runs import files as ckpt  # noqa: E402
+from lmforge.runs import loader
+from lmforge.tools.serve.app import create_app  # noqa: E402
+from lmforge.tools.serve.limits import Limits  # noqa: E402
+from lmforge.tools.serve.registry import load_models  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- limits and errors
@@ -132,7 +132,7 @@ def test_a_generation_stopped_by_its_deadline_reports_no_finish(slow_models):
     import threading
     import time
 
-    from lmforge.serve.completion import Job, run_job
+    from lmforge.tools.serve.completion import Job, run_job
 
     sm = slow_models["slow"]
     job = Job("slow", [sm.tok.encode("the")], 1, 50, 0.0, None, None, 0, [], stream=True)
@@ -255,7 +255,7 @@ def test_pickle_weights_are_refused_at_start(runs, tmp_path, capsys):
 def test_other_run_dirs_that_are_refused(runs, tmp_path, capsys):
     from lmforge.models import build
 
-    tok = ckpt.load_run(runs["lm"])[2]
+    tok = loader.load_run(runs["lm"])[2]
     mlm = RunConfig(model=ModelConfig(name="bert", vocab_size=tok.vocab_size, **LM_CFG))
     bert = write_run(tmp_path / "mlm", mlm, tok, build(mlm.model).state_dict())
     assert "bert pretraining run has nothing to serve" in refused(capsys, bert)

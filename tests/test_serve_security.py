@@ -2,7 +2,7 @@
 their headers or pile up, docs pages that call out to CDNs; and the start-up flags checked in one line.
 
 The connection tests open raw sockets to a real uvicorn server on a free 127.0.0.1 port (the app
-under :func:`lmforge.serve.protocol.server_config`, as `lmforge serve` runs it), with a header
+under :func:`lmforge.tools.serve.protocol.server_config`, as `lmforge serve` runs it), with a header
 timeout of about a second; every read has a socket timeout and every loop a bound.
 """
 
@@ -20,14 +20,16 @@ uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_helpers import (  # noqa: E402, F401 - pytest fixtures
+    models,
+    running,  # noqa: E402
+    runs,
+)
 
 from lmforge.__main__ import main  # noqa: E402
-from lmforge.serve import app as app_module  # noqa: E402
-from lmforge.serve.app import create_app  # noqa: E402
-from lmforge.serve.limits import Limits  # noqa: E402
-
-from serve_helpers import runs, models  # noqa: E402, F401 - pytest fixtures
-from serve_helpers import running  # noqa: E402
+from lmforge.tools.serve import app as app_module  # noqa: E402
+from lmforge.tools.serve.app import create_app  # noqa: E402
+from lmforge.tools.serve.limits import Limits  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- start-up flags

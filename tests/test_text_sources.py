@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge import datasets as ds
+from lmforge.data import registry as ds
 from lmforge.errors import UserError
 
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from lmforge import checkpoint as ckpt
 from lmforge.config import TrainConfig
-from lmforge.train import TrainingDiverged, fit, lm_loss
+from lmforge.runs import files as ckpt
+from lmforge.training.loop import TrainingDiverged, fit, lm_loss
 
 V, T = 16, 8
 
@@ -198,7 +198,7 @@ def test_stop_request_repeats_within_a_second_are_one_request_a_later_one_acts_a
     import os
     import signal
 
-    from lmforge.stopping import StopRequest
+    from lmforge.training.stopping import StopRequest
 
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("SIGINT is not Python's default handler here")

@@ -10,8 +10,8 @@ import shutil
 import pytest
 from helpers import REPO
 
-from lmforge.checkpoint import load_run
-from lmforge.evaluate import evaluate_run, predict_texts
+from lmforge.runs.loader import load_run
+from lmforge.tools.evaluate import evaluate_run, predict_texts
 
 FIXTURE = REPO / "tests" / "fixtures" / "v1_runs"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))

@@ -34,9 +34,9 @@ def one_line_error(capsys, argv, needle, stdout_empty=True):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A tiny trained GPT run (with its data/ shards) and a random-weight GPT classifier beside it."""
-    from lmforge import checkpoint as ckpt
     from lmforge.config import FinetuneConfig, ModelConfig, RunConfig, save_config
-    from lmforge.finetune import build_classifier
+    from lmforge.recipes.finetune import build_classifier
+    from lmforge.runs import files as ckpt
     from lmforge.tokenizer import Tokenizer
 
     tmp = tmp_path_factory.mktemp("validation")
@@ -106,8 +106,8 @@ def test_pretrain_bad_numbers_fail_at_config_time(runs, tmp_path, capsys, option
 def test_fit_keeps_its_world_size_check():
     """The single-process batch / grad_accum check moved to the config; fit() still checks processes x accum."""
     from lmforge.config import TrainConfig
-    from lmforge.distributed import DistInfo
-    from lmforge.train import fit
+    from lmforge.training.distributed import DistInfo
+    from lmforge.training.loop import fit
 
     cfg = TrainConfig(batch_size=8, grad_accum=2, device="cpu")
     with pytest.raises(UserError, match=r"processes \(3\)"):
@@ -212,7 +212,7 @@ def test_generate_prints_the_prompt_only_after_its_checks(runs, capsys):
 
 def test_tiny_temperatures_and_top_p_sample_greedily_instead_of_crashing(runs, capsys):
     """1e-300 passes ">= 0" but overflows float32 when the logits are divided by it (nan probabilities)."""
-    from lmforge.generate import sample_next
+    from lmforge.tools.generate import sample_next
 
     logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.0]])
     for t, kw in ((1e-300, {}), (1e-38, {"top_k": 2}), (1e-39, {"top_p": 0.5}), (1e-7, {"top_p": 1e-30})):
@@ -225,10 +225,10 @@ def test_tiny_temperatures_and_top_p_sample_greedily_instead_of_crashing(runs, c
 
 
 def test_python_api_checks_name_the_flags(runs):
-    from lmforge.compress import compress
-    from lmforge.evaluate import evaluate_run, predict_texts
-    from lmforge.generate import complete, generate
     from lmforge.models import build
+    from lmforge.tools.compress import compress
+    from lmforge.tools.evaluate import evaluate_run, predict_texts
+    from lmforge.tools.generate import complete, generate
 
     for kw, needle in (({"temperature": math.nan}, "--temperature"), ({"top_p": 1e-300}, "--top-p"),
                        ({"seed": -1}, "--seed"), ({"max_new_tokens": 0}, "--max-new-tokens")):
@@ -327,7 +327,7 @@ def test_a_one_label_training_set_is_refused(tmp_path, capsys):
 
 
 def test_interrupted_is_said_once(runs, tmp_path, capsys, monkeypatch):
-    from lmforge import pretrain as pt
+    from lmforge.recipes import pretrain as pt
 
     real = pt.LMBatches.train_batch
 
@@ -346,12 +346,12 @@ def test_interrupted_is_said_once(runs, tmp_path, capsys, monkeypatch):
 
 
 def test_interrupted_outside_training_is_still_said(monkeypatch, capsys):
-    import lmforge.generate
+    import lmforge.tools.generate
 
     def stop(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lmforge.generate, "complete", stop)
+    monkeypatch.setattr(lmforge.tools.generate, "complete", stop)
     assert main(["generate", "somewhere", "--prompt", "x"]) == 130
     assert capsys.readouterr().err.splitlines() == ["lmforge: interrupted"]
 
@@ -372,7 +372,7 @@ def _long_line(n_chars: int, seed: int = 0) -> str:
 
 def test_long_lines_are_cut_where_bpe_cuts_anyway():
     """Pieces of a long line encode to exactly the ids of the whole, and train the same tokenizer."""
-    from lmforge.data import _encode_text
+    from lmforge.data.shards import _encode_text
     from lmforge.tokenizer import text_pieces, train_tokenizer
 
     line = _long_line(300_000)
@@ -388,7 +388,7 @@ def test_long_lines_are_cut_where_bpe_cuts_anyway():
 
 
 def test_prepare_tokens_encodes_bounded_batches(monkeypatch):
-    from lmforge import data
+    from lmforge.data import shards as data
     from lmforge.tokenizer import PIECE_CHARS, train_tokenizer
 
     tok = train_tokenizer(["a b c the king"], 261)
@@ -408,9 +408,9 @@ def test_a_one_line_corpus_is_tokenized_in_bounded_memory(tmp_path):
     corpus.write_text(_long_line(4_000_000), encoding="utf-8")
     script = f"""
 import resource
-from lmforge.datasets import load_text
+from lmforge.data.registry import load_text
 from lmforge.tokenizer import train_tokenizer
-from lmforge.data import prepare_tokens
+from lmforge.data.shards import prepare_tokens
 train, val = load_text({str(corpus)!r})
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tok = train_tokenizer(train.splitlines(keepends=True), 400)
@@ -436,10 +436,10 @@ def test_cli_cases_leave_runs_untouched(runs, capsys):
 
 def test_an_empty_data_name_is_never_the_current_folder(runs, tmp_path, capsys, monkeypatch):
     """Path("") is ".": `--data ""` trained a tokenizer on whatever .txt files the current folder held."""
-    from lmforge.datasets import load_text
-    from lmforge.evaluate import evaluate_run
-    from lmforge.labelled import load_labelled
+    from lmforge.data.labelled import load_labelled
+    from lmforge.data.registry import load_text
     from lmforge.tokenizer import train_from_spec
+    from lmforge.tools.evaluate import evaluate_run
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("private notes\n" * 50, encoding="utf-8")

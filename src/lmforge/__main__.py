@@ -34,14 +34,14 @@ def path_arg(value: str) -> str:
 
 # ----------------------------------------------------------------------------- verbs
 def cmd_data_list(args) -> None:
-    from lmforge.datasets import list_datasets
+    from lmforge.data.registry import list_datasets
 
     for d in list_datasets():
         print(f"{d['name']:<16} {d.get('language', ''):<4} {d.get('description', '')}")
 
 
 def cmd_data_get(args) -> None:
-    from lmforge.datasets import get
+    from lmforge.data.registry import get
 
     path = get(args.name)
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
@@ -58,7 +58,7 @@ def cmd_tokenizer_train(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from lmforge.pretrain import pretrain
+    from lmforge.recipes.pretrain import pretrain
 
     if args.resume and args.config:
         raise UserError("--resume continues a run with its own config.yaml; drop --config (overrides like --train.max_steps=N are allowed)")
@@ -73,7 +73,7 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_finetune(args) -> None:
-    from lmforge.finetune import finetune
+    from lmforge.recipes.finetune import finetune
 
     if args.resume and args.config:
         raise UserError("--resume continues a run with its own config.yaml; drop --config")
@@ -89,7 +89,7 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from lmforge.generate import complete
+    from lmforge.tools.generate import complete
 
     pieces = complete(  # checks the arguments and loads the run: nothing is written before that passed
         args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -105,7 +105,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from lmforge.evaluate import evaluate_run
+    from lmforge.tools.evaluate import evaluate_run
 
     if args.json is not None and not args.json.strip():  # checked before the evaluation, not silently skipped after it
         raise UserError(f"--json: expected a file name to write the result to, got {args.json!r}")
@@ -113,14 +113,14 @@ def cmd_evaluate(args) -> None:
                           text_column=args.text_column, label_column=args.label_column, compile=args.compile)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.json is not None:
-        from lmforge.checkpoint import atomic_write_text
+        from lmforge.runs.files import atomic_write_text
 
         atomic_write_text(args.json, text + "\n")
     print(text)
 
 
 def cmd_predict(args) -> None:
-    from lmforge.evaluate import predict_texts
+    from lmforge.tools.evaluate import predict_texts
 
     for label, prob, text in predict_texts(args.run_dir, args.texts, args.input, args.text_column):
         one_line = text.replace("\r", " ").replace("\n", " ").replace("\t", " ")  # one result a line, 3 tab fields
@@ -128,7 +128,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from lmforge.export import export_run
+    from lmforge.tools.export import export_run
 
     s = export_run(args.run_dir, args.format, args.out)
     shapes = ", ".join(f"{b}x{t}" for b, t in s["shapes_checked"])
@@ -137,10 +137,10 @@ def cmd_export(args) -> None:
 
 
 def cmd_compress(args) -> None:
-    from lmforge.compress import compress, summary_line
+    from lmforge.tools.compress import compress, summary_line
 
     if args.method == "distill":
-        from lmforge.compress.distill import distill
+        from lmforge.tools.compress.distill import distill
 
         if args.run_dir or not args.teacher or not args.student_config:
             raise UserError("--method distill takes --teacher RUN_DIR and --student-config FILE.yaml (no positional RUN_DIR)")
@@ -162,7 +162,7 @@ def cmd_compress(args) -> None:
 
 
 def cmd_report_compress(args) -> None:
-    from lmforge.compress.report import plot_compression
+    from lmforge.tools.compress.report import plot_compression
 
     print(plot_compression(args.runs, args.out, batch=args.batch))
 
@@ -170,8 +170,8 @@ def cmd_report_compress(args) -> None:
 def cmd_serve(args) -> None:
     import os
 
-    from lmforge.serve import serve
-    from lmforge.serve.limits import Limits
+    from lmforge.tools.serve import serve
+    from lmforge.tools.serve.limits import Limits
 
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                     max_completion_tokens=args.max_completion_tokens, max_inputs=args.max_inputs,

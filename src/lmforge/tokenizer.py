@@ -274,9 +274,9 @@ def train_tokenizer(
 
 
 def train_from_spec(spec: str, vocab_size: int, out_dir: str | os.PathLike, min_frequency: int = 2) -> Path:
-    """Train on the train split of ``spec`` (see :func:`lmforge.datasets.load_text`); the saved path."""
+    """Train on the train split of ``spec`` (see :func:`lmforge.data.registry.load_text`); the saved path."""
     from lmforge.config.fields import show
-    from lmforge.datasets import load_text
+    from lmforge.data.registry import load_text
 
     if not (isinstance(vocab_size, int) and MIN_VOCAB_SIZE <= vocab_size <= 2**32 - 1):  # before any text is read
         raise UserError(f"--vocab-size: expected an integer >= {MIN_VOCAB_SIZE} (256 bytes + {len(SPECIAL_TOKENS)} "

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from badinput.badinput_cases import CASES, RUNS, Case, fill
 from helpers import REPO, env1, tree_digest
 
+from badinput.badinput_cases import CASES, RUNS, Case, fill
 from lmforge.__main__ import main
 
 READ_ONLY_VERBS = {"generate", "evaluate", "predict", "serve", "data"}  # without setups they get the shared run dirs

@@ -24,8 +24,7 @@ import yaml
 
 from lmforge.config.fields import show
 from lmforge.config.model import ModelConfig
-from lmforge.config.sections import (CompressSection, DataConfig, DistillSection, FinetuneConfig, LoRASection,
-                                     TrainConfig)
+from lmforge.config.sections import CompressSection, DataConfig, DistillSection, FinetuneConfig, LoRASection, TrainConfig
 from lmforge.errors import UserError
 
 __all__ = ["CompressSection", "DataConfig", "DistillSection", "FinetuneConfig", "LoRASection", "ModelConfig",

@@ -158,7 +158,7 @@ class CompressSection:
 
 @dataclass
 class DistillSection:
-    """`lmforge compress --method distill`: how the student learns from the teacher (see lmforge.compress.distill)."""
+    """`lmforge compress --method distill`: how the student learns from the teacher (see lmforge.tools.compress.distill)."""
 
     temperature: float = F(2.0, "softmax temperature T of the soft targets (teacher and student logits / T); the soft "
                                 "loss is scaled by T^2")

@@ -1,7 +1,7 @@
 """Hugging Face key maps (GPT-2, BERT) with shape asserts, and :func:`load_hf_folder`.
 
 The state-dict maps do no file I/O; :func:`load_hf_folder` reads a saved HF model folder
-(``config.json``, ``model.safetensors`` through :func:`lmforge.checkpoint.load_tensors`, the
+(``config.json``, ``model.safetensors`` through :func:`lmforge.runs.files.load_tensors`, the
 tokenizer files) and never unpickles anything: a folder with only ``pytorch_model.bin`` is refused.
 
 GPT-2: our parameter names mirror GPT-2's, so the map is explicit but short; the transforms are:

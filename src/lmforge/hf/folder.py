@@ -8,11 +8,11 @@ from typing import Any
 
 from torch import Tensor
 
-from lmforge.checkpoint import load_tensors
 from lmforge.config import ModelConfig
 from lmforge.errors import UserError
 from lmforge.hf.bert import bert_from_hf_state_dict, model_config_from_hf_bert
 from lmforge.hf.gpt2 import gpt_from_hf_state_dict, model_config_from_hf_gpt2
+from lmforge.runs.files import load_tensors
 from lmforge.tokenizer import Tokenizer
 
 _FAMILIES = {  # HF model_type -> (config map, state-dict map)

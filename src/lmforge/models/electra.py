@@ -96,8 +96,8 @@ def evaluate_electra(model: ElectraForPretraining, batches, device, dtype: str, 
     over the evaluation batches, sharded over ranks. The combined loss mixes a task that gets harder as the
     generator improves, so it need not fall; the discriminator's accuracy against the share of original
     tokens (~85% at the usual masking) says more."""
-    from lmforge import distributed
-    from lmforge.train import autocast_context, to_device
+    from lmforge.training import distributed
+    from lmforge.training.loop import autocast_context, to_device
 
     was_training = model.training
     model.eval()

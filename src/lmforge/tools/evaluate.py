@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge import checkpoint as ckpt
-from lmforge.data import iter_eval_batches
-from lmforge.distributed import DistInfo
-from lmforge.train import evaluate_loss, lm_loss
+from lmforge.data.shards import iter_eval_batches
+from lmforge.runs import loader
+from lmforge.training.distributed import DistInfo
+from lmforge.training.loop import evaluate_loss, lm_loss
 
 
 def check_max_batches(max_batches: int | None) -> None:
@@ -57,7 +57,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
         from lmforge.errors import UserError
 
         raise UserError(f"--data: expected a data set name or a file / folder (omit it for the run's own data), got {data!r}")
-    cfg, model, tok = ckpt.load_run(run_dir, device, verb="evaluate")
+    cfg, model, tok = loader.load_run(run_dir, device, verb="evaluate")
     if compile:
         model = torch.compile(model, dynamic=True)
     if cfg.finetune.labels:
@@ -67,14 +67,14 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
 
         raise UserError(f"--split {split}: a language-model run has train and val splits")
     if data is None:
-        from lmforge.data import TokenData
+        from lmforge.data.shards import TokenData
 
         token_data = TokenData.load(Path(run_dir) / "data")
         tokens = token_data.train if split == "train" else token_data.val
         chars = token_data.meta.get(f"{split}_chars")
         source = f"{run_dir}/data ({split})"
     else:
-        from lmforge.datasets import load_text
+        from lmforge.data.registry import load_text
 
         train_text, val_text = load_text(data, cfg.data.val_fraction)
         text = train_text if split == "train" else val_text
@@ -88,7 +88,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
         raise UserError(f"{source}: has {len(tokens)} tokens; at least 2 are needed to evaluate")
     block = min(cfg.model.block_size, len(tokens) - 1)
     if cfg.model.name == "bert":  # masked-LM loss with fixed masks (the same each time it is evaluated)
-        from lmforge.pretrain import MLMBatches
+        from lmforge.recipes.pretrain import MLMBatches
 
         mlm = MLMBatches(_Split(tokens), block, 8, cfg.train.seed, max_batches, tok, cfg.data.mask_prob)
         loss = evaluate_loss(model, mlm.eval_batches(), lm_loss, torch.device(device), "float32", DistInfo())
@@ -124,7 +124,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
 def predict_proba(model: torch.nn.Module, tok, texts: list[str], max_length: int, batch_size: int = 64,
                   device: str | torch.device = "cpu") -> torch.Tensor:
     """Class probabilities (N, num_labels) for ``texts`` with a fine-tuned classifier."""
-    from lmforge.finetune import collate, encode_texts
+    from lmforge.recipes.finetune import collate, encode_texts
 
     ids = encode_texts(tok, texts, max_length)
     pad = tok.pad_id if tok.pad_id is not None else 0
@@ -144,7 +144,7 @@ def evaluate_classifier(cfg, model, tok, run_dir, data: str | None, split: str, 
     """Accuracy, macro and per-class precision / recall / F1 and the confusion matrix (scikit-learn)."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-    from lmforge.labelled import load_labelled
+    from lmforge.data.labelled import load_labelled
 
     ft = cfg.finetune
     names = ft.label_names
@@ -173,8 +173,8 @@ def predict_texts(run_dir: str | Path, texts: list[str], input_file: str | None 
                   device: str = "cpu") -> list[tuple[str, float, str]]:
     """(label, probability, text) for each text, with a fine-tuned classifier run dir."""
     from lmforge.config.fields import check_text, show
+    from lmforge.data.labelled import read_texts
     from lmforge.errors import UserError
-    from lmforge.labelled import read_texts
 
     texts = list(texts)
     for i, t in enumerate(texts, 1):  # a command line's bytes that are not UTF-8 arrive as lone surrogates
@@ -184,7 +184,7 @@ def predict_texts(run_dir: str | Path, texts: list[str], input_file: str | None 
     texts += read_texts(input_file, text_column) if input_file else []  # bad input fails fast
     if not texts:
         raise UserError("predict: no text given (pass texts as arguments or --input FILE)")
-    cfg, model, tok = ckpt.load_run(run_dir, device)
+    cfg, model, tok = loader.load_run(run_dir, device)
     if not cfg.finetune.labels:
         raise UserError(f"{run_dir}: not a fine-tuned classifier (predict needs a run made by `lmforge finetune`)")
     max_len = cfg.classifier_max_length

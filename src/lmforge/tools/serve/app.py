@@ -1,7 +1,7 @@
 """The FastAPI app: routes, request checks and the JSON error handlers.
 
 ``create_app(models)`` needs no network: tests and the load benchmark run it under uvicorn on a
-loopback port; ``lmforge serve`` (:func:`lmforge.serve.serve`) does the same with the run dirs it loads.
+loopback port; ``lmforge serve`` (:func:`lmforge.tools.serve.serve`) does the same with the run dirs it loads.
 
 ``/docs`` (Swagger UI) and ``/redoc`` load their scripts and styles from this server, never from a CDN
 or Google Fonts: the files come from the ``fastapi-offline`` package (in the ``serve`` extra), served
@@ -22,12 +22,19 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
 
-from lmforge.serve import completion as C
-from lmforge.serve.batching import ClassifyBatcher
-from lmforge.serve.limits import APIError, Guard, Limits, error_body
-from lmforge.serve.registry import ServedModel
-from lmforge.serve.schemas import (ClassifyRequest, ClassifyResponse, CompletionRequest, CompletionResponse,
-                                   ErrorResponse, ModelCard, ModelList)
+from lmforge.tools.serve import completion as C
+from lmforge.tools.serve.batching import ClassifyBatcher
+from lmforge.tools.serve.limits import APIError, Guard, Limits, error_body
+from lmforge.tools.serve.registry import ServedModel
+from lmforge.tools.serve.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
 
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 408, 413, 422, 503)}
 UNION_FIELDS = {"prompt": "a string, a list of strings, a list of token ids or a list of such lists",
@@ -40,7 +47,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
                batching: bool = True, batch_window_ms: float = 5.0, max_batch: int = 32,
                workers: int | None = None) -> FastAPI:
     """The app serving ``models`` ({id: ServedModel}); ``workers`` threads run generation, as many run classification."""
-    from lmforge.serve import check_api_key
+    from lmforge.tools.serve import check_api_key
 
     limits = limits or Limits()
     api_key = check_api_key(api_key, "api_key")  # one that could never match (empty, non-ASCII) is an error
@@ -124,7 +131,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
               responses=ERRORS, summary="label and every label's probability for each input text "
                                         "(concurrent requests share forward passes)")
     async def classify(body: ClassifyRequest, request: Request):
-        from lmforge.finetune import encode_texts
+        from lmforge.recipes.finetune import encode_texts
 
         sm = served(body.model, "classification")
         texts = [body.input] if isinstance(body.input, str) else body.input

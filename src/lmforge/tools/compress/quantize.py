@@ -144,7 +144,7 @@ def int8_state_dict(qmodel: nn.Module, tied: dict[str, str]) -> dict[str, torch.
 def load_int8(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
     """Turn a freshly built float model into the stored int8 one, in place (``checkpoint.load_run`` calls this).
 
-    Names, shapes and dtypes are checked like :func:`lmforge.checkpoint.load_into`; errors are
+    Names, shapes and dtypes are checked like :func:`lmforge.runs.files.load_into`; errors are
     UserErrors naming ``source``.
     """
     qnames = sorted(k[: -len(".weight_int8")] for k in tensors if k.endswith(".weight_int8"))

@@ -15,10 +15,8 @@ from typing import Any
 
 import torch
 
-from lmforge import checkpoint as ckpt
-from lmforge import distributed
 from lmforge.config import RunConfig, save_config
-from lmforge.data import (
+from lmforge.data.shards import (
     TokenData,
     iter_eval_batches,
     make_batch,
@@ -27,8 +25,11 @@ from lmforge.data import (
 )
 from lmforge.errors import UserError
 from lmforge.models import build
+from lmforge.runs import files as ckpt
+from lmforge.runs import loader
 from lmforge.tokenizer import Tokenizer, train_tokenizer
-from lmforge.train import fit, lm_loss, resolve_device
+from lmforge.training import distributed
+from lmforge.training.loop import fit, lm_loss, resolve_device
 
 
 class LMBatches:
@@ -103,7 +104,7 @@ def objective(cfg: RunConfig) -> str:
 
 def _prepare(cfg: RunConfig, run_dir: Path) -> None:
     """Tokenizer and token shards into the run dir, each skipped if already there; then check them."""
-    from lmforge.datasets import load_text
+    from lmforge.data.registry import load_text
 
     tok_path, data_dir = run_dir / ckpt.TOKENIZER, run_dir / "data"
     if not (tok_path.exists() and (data_dir / "meta.json").exists()):
@@ -144,7 +145,7 @@ def pretrain(
 
     Returns fit()'s summary (steps, tokens, seconds, train / val loss, val perplexity).
     """
-    cfg, run_dir = ckpt.open_run(config_path, overrides or {}, out, resume)
+    cfg, run_dir = loader.open_run(config_path, overrides or {}, out, resume)
     if resume is None and not cfg.data.path:
         raise UserError("data.path: no training data given (pass --data.path NAME|FILE|FOLDER or set data.path in the recipe)")
     objective(cfg)  # fail before anything is written

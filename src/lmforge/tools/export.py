@@ -40,15 +40,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lmforge.checkpoint import (
-    CONFIG,
-    TOKENIZER,
-    atomic_write_text,
-    load_run,
-    require_run_dir,
-)
 from lmforge.errors import UserError
 from lmforge.fileio import WriteError, temp_dir_beside
+from lmforge.runs.files import CONFIG, TOKENIZER, atomic_write_text
+from lmforge.runs.loader import load_run, require_run_dir
 
 FORMATS = ("onnx", "hf")
 TOLERANCE = 1e-4  # max |logit difference| allowed between the export and PyTorch (float32)
@@ -67,7 +62,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
     cfg, model, tok = load_run(run_dir, verb="export")
     if getattr(getattr(cfg, "compress", None), "quantize", ""):
         raise UserError(f"{run_dir}: int8-quantized runs cannot be exported yet; export the float run it was made from")
-    from lmforge.lora import merge_lora
+    from lmforge.models.lora import merge_lora
 
     model = merge_lora(model).eval()
     kind = model_kind(model)

@@ -12,17 +12,17 @@ with a ``meta.json`` is complete, and a second :func:`get` returns at once. Arch
 
 Three kinds of set (``DatasetEntry.content``): ``"text"`` (``train.txt`` / ``val.txt``, for
 pretraining), ``"labelled"`` (``train.tsv`` / ``val.tsv`` / ``test.tsv``, a ``text<TAB>label`` header
-and one example a line; read them with :mod:`lmforge.labelled`) and ``"model"`` (a pretrained
+and one example a line; read them with :mod:`lmforge.data.labelled`) and ``"model"`` (a pretrained
 model's files, copied as they are).
 
 How each set is cleaned and split (by sha1 of each line / paragraph / example, so duplicates never
-straddle two splits) lives in :mod:`lmforge.corpora`:
+straddle two splits) lives in :mod:`lmforge.data.corpora`:
 
 >>> _is_val("同胞们、朋友们、女士们、先生们：")   # the same answer for every copy of this line
 False
 
 To add a set: write a ``prepare(members: dict[str, bytes], out_dir: Path) -> dict`` that writes
-its files (with :func:`lmforge.corpora.write_text_splits` or :func:`lmforge.corpora.write_labelled_splits`)
+its files (with :func:`lmforge.data.corpora.write_text_splits` or :func:`lmforge.data.corpora.write_labelled_splits`)
 and add a :class:`DatasetEntry` to ``REGISTRY``.
 """
 
@@ -43,13 +43,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lmforge.data.corpora import (
+    MINILM_DIR,
+    MINILM_FILES,
+    MINILM_OPTIONAL,
+    _is_val,
+    _prepare_chn_reviews,
+    _prepare_minilm,
+    _prepare_movie_snippets,
+    _prepare_onnx_model,
+    _prepare_peoples_daily,
+    _prepare_shakespeare,
+)
 from lmforge.errors import UserError
 from lmforge.fileio import atomic_write_text as _write
 
-from lmforge.corpora import (
-    MINILM_DIR, MINILM_FILES, MINILM_OPTIONAL, _is_val, _prepare_chn_reviews, _prepare_minilm, _prepare_onnx_model,
-    _prepare_movie_snippets, _prepare_peoples_daily, _prepare_shakespeare,
-)
 
 # ----------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
@@ -359,7 +367,7 @@ def load_text(spec: str, val_fraction: float = 0.05) -> tuple[str, str]:
     if spec in REGISTRY:
         e = REGISTRY[spec]
         if e.content == "labelled":
-            from lmforge.labelled import load_labelled
+            from lmforge.data.labelled import load_labelled
 
             return tuple("".join(t + "\n" for t in load_labelled(spec, split).texts) for split in ("train", "val"))
         if e.content != "text":

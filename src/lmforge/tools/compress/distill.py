@@ -1,6 +1,6 @@
 """Knowledge distillation: ``lmforge compress --method distill --teacher RUN_DIR --student-config FILE.yaml --out OUT``.
 
-A new, smaller model, the *student*, is trained from scratch by :func:`lmforge.train.fit` to match
+A new, smaller model, the *student*, is trained from scratch by :func:`lmforge.training.loop.fit` to match
 the teacher's output distribution. Its shape and schedule come from an ordinary recipe: the ``model``
 and ``train`` sections, for a classifier also ``finetune.pooling`` / ``head_dropout`` /
 ``group_by_length``, and the ``distill`` section (T, alpha, hidden_weight, init_embedding)::
@@ -45,10 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmforge import checkpoint as ckpt
-from lmforge.compress import _build, _check_out, _link_or_copy, _plain, check_measure_args
 from lmforge.errors import UserError
-from lmforge.train import autocast_context, call, to_device
+from lmforge.runs import files as ckpt
+from lmforge.runs import loader
+from lmforge.tools.compress import _build, _check_out, _link_or_copy, _plain, check_measure_args
+from lmforge.training.loop import autocast_context, call, to_device
 
 DATA_FIELDS = ("data", "text_column", "label_column", "labels")  # a classifier student's, taken from the teacher
 
@@ -161,7 +162,7 @@ class Distiller(nn.Module):
 
 
 class TeacherBatches:
-    """A batch source for ``fit()`` (see :mod:`lmforge.train`) whose training inputs carry the teacher's outputs.
+    """A batch source for ``fit()`` (see :mod:`lmforge.training.loop`) whose training inputs carry the teacher's outputs.
 
     ``train_batch`` gives ``({"idx", "attention_mask" (classifiers), "teacher_logits", "teacher_hidden"
     (``hidden``)}, y)`` for ``inner``'s batch; ``eval_batches`` are ``inner``'s (the student alone).
@@ -189,7 +190,7 @@ class TeacherBatches:
     def _fill(self, ids: list[list[int]], pad_id: int, progress: bool, batch: int = 64) -> None:
         from tqdm.auto import tqdm
 
-        from lmforge.finetune import collate
+        from lmforge.recipes.finetune import collate
 
         t0 = time.perf_counter()
         unique = sorted(set(map(tuple, ids)), key=len)  # similar lengths per batch: little padding
@@ -294,9 +295,9 @@ def distill(teacher: str | Path, student_config_path: str | Path, out: str | Pat
     (+ ``overrides`` such as ``{"train.max_steps": "500"}``); returns what compression.json holds (``original``:
     the teacher). ``data`` / ``split`` / ``max_batches``: what the metric is computed on (default: validation)."""
     check_measure_args(max_batches, repeats)
-    src, out = ckpt.require_run_dir(teacher), Path(out)
+    src, out = loader.require_run_dir(teacher), Path(out)
     _check_out(src, out)
-    tcfg, tmodel, tok = ckpt.load_run(src, verb="teach")
+    tcfg, tmodel, tok = loader.load_run(src, verb="teach")
     cfg = student_config(student_config_path, overrides or {}, tcfg, tok, src)
 
     def write(tmp: Path) -> dict:
@@ -308,7 +309,7 @@ def distill(teacher: str | Path, student_config_path: str | Path, out: str | Pat
 
 def _build_student(cfg, tok) -> nn.Module:
     if cfg.finetune.labels:
-        from lmforge.finetune import build_classifier
+        from lmforge.recipes.finetune import build_classifier
 
         return build_classifier(cfg.model, cfg.finetune, len(cfg.finetune.label_names), tok.pad_id if tok.pad_id is not None else 0)
     from lmforge.models import build
@@ -318,9 +319,9 @@ def _build_student(cfg, tok) -> nn.Module:
 
 def _train(tmp: Path, src: Path, teacher: nn.Module, tok, cfg, progress: bool) -> dict:
     """Write the student's run files into ``tmp`` and train it; returns what compression.json adds."""
-    from lmforge.compress.prune import _training_data
     from lmforge.config import save_config
-    from lmforge.train import fit, resolve_device
+    from lmforge.tools.compress.prune import _training_data
+    from lmforge.training.loop import fit, resolve_device
 
     ckpt.atomic_write_text(tmp / ckpt.CONFIG, save_config(cfg))
     shutil.copy2(src / ckpt.TOKENIZER, tmp / ckpt.TOKENIZER)

@@ -1,6 +1,6 @@
 """``lmforge compress``: int8 quantization, pruning or distillation of a run into a new run dir, with a trade-off report.
 
-Distillation (:mod:`lmforge.compress.distill`) trains a new, smaller student from a config; the other
+Distillation (:mod:`lmforge.tools.compress.distill`) trains a new, smaller student from a config; the other
 methods transform the run's own model.
 
 The output is an ordinary run dir (``config.yaml``, ``tokenizer.json``, ``model.safetensors``, and
@@ -12,7 +12,7 @@ left by structured pruning. It also holds:
 - ``compression.json``: size_mb, params (stored weights; tied ones once), params_nonzero,
   latency_ms_b1 / latency_ms_b32 (one forward pass, batch 1 / 32 x ``seq_len`` tokens), throughput,
   decode_ms_per_token (GPT language models), metric (a classifier: accuracy and macro F1 on its
-  validation split; an LM: validation loss and perplexity, from :mod:`lmforge.evaluate`), the same
+  validation split; an LM: validation loss and perplexity, from :mod:`lmforge.tools.evaluate`), the same
   keys under ``original`` (distill: the teacher), and ``delta`` (ratios and metric differences). Both
   models are timed in this process on the same inputs, alternately, median of ``repeats`` runs after
   2 warm-up runs.
@@ -36,9 +36,10 @@ from pathlib import Path
 
 import torch
 
-from lmforge import checkpoint as ckpt
 from lmforge.errors import UserError
 from lmforge.fileio import WriteError, temp_dir_beside
+from lmforge.runs import files as ckpt
+from lmforge.runs import loader
 
 METHODS = ("int8", "prune")
 STRUCTURES = ("heads", "neurons")
@@ -47,7 +48,7 @@ STRUCTURES = ("heads", "neurons")
 def check_measure_args(max_batches, repeats) -> None:
     """``--max-batches`` (None or >= 1) and ``--repeats`` (>= 1), as every method takes them."""
     from lmforge.config.fields import check_int
-    from lmforge.evaluate import check_max_batches
+    from lmforge.tools.evaluate import check_max_batches
 
     check_max_batches(max_batches)
     check_int("--repeats", repeats, 1, None)
@@ -97,9 +98,9 @@ def compress(run_dir: str | Path, method: str, out: str | Path, sparsity: float 
     ``max_batches``: what the metric is computed on (default: the run's own validation data).
     """
     _check_args(method, sparsity, structured, recover_steps, repeats, gradual, recover_lr, max_batches)
-    src, out = ckpt.require_run_dir(run_dir), Path(out)
+    src, out = loader.require_run_dir(run_dir), Path(out)
     _check_out(src, out)
-    cfg, model, tok = ckpt.load_run(src, verb="compress")
+    cfg, model, tok = loader.load_run(src, verb="compress")
     if cfg.compress.quantize:
         raise UserError(f"{src}: already {cfg.compress.quantize}-quantized; compress its source run instead "
                         f"({cfg.compress.source or 'unknown'})")
@@ -146,7 +147,7 @@ def _build(src: Path, out: Path, write, data, split, max_batches, repeats: int) 
 def _plain(model: torch.nn.Module, cfg) -> torch.nn.Module:
     """A LoRA run's model with its adapters merged (same outputs, plain Linear layers)."""
     if cfg.finetune.labels and cfg.finetune.mode == "lora":
-        from lmforge.lora import merge_lora
+        from lmforge.models.lora import merge_lora
 
         merge_lora(model)
     return model
@@ -164,7 +165,7 @@ def _write_run(tmp: Path, src: Path, cfg, model, tok, method, sparsity, structur
         new.finetune.mode = "full"  # the adapters are merged: the run holds the whole model
     details: dict = {"method": method}
     if method == "int8":
-        from lmforge.compress.quantize import int8_state_dict, quantize_int8
+        from lmforge.tools.compress.quantize import int8_state_dict, quantize_int8
 
         qmodel, tied = quantize_int8(model)
         tensors, meta = int8_state_dict(qmodel, tied), {"lmforge": "int8"}
@@ -176,7 +177,7 @@ def _write_run(tmp: Path, src: Path, cfg, model, tok, method, sparsity, structur
                            "linear_weights_mb_int8": round(sum(t.numel() * t.element_size() for t in q8) / 1e6, 4),
                            "tied_embeddings_from_int8_head": tied}
     else:
-        from lmforge.compress import prune
+        from lmforge.tools.compress import prune
 
         masks, new.compress.structured = None, structured or ""
         teacher = copy.deepcopy(model) if recover_steps and recover_distill else None  # the model before pruning
@@ -245,7 +246,7 @@ def _median_ms(fns: list, repeats: int, warmup: int = 2) -> list[float]:
 
 def _metric(run_dir: Path, shown: Path, cfg, data, split, max_batches, heldout: Path | None) -> dict:
     """The evaluate.py figures that compression.json keeps (``shown`` replaces ``run_dir`` in the data's name)."""
-    from lmforge.evaluate import evaluate_run
+    from lmforge.tools.evaluate import evaluate_run
 
     if heldout is not None:
         data, split = str(heldout), "val"
@@ -259,8 +260,8 @@ def _metric(run_dir: Path, shown: Path, cfg, data, split, max_batches, heldout: 
 
 def _write_heldout(cfg, folder: Path) -> Path | None:
     """A classifier trained on one file validated on a stratified tenth of it: write that tenth as JSONL."""
-    from lmforge.datasets import is_registered
-    from lmforge.labelled import load_labelled, stratified_split
+    from lmforge.data.labelled import load_labelled, stratified_split
+    from lmforge.data.registry import is_registered
 
     ft = cfg.finetune
     if not ft.labels or not ft.data or is_registered(ft.data):
@@ -279,9 +280,9 @@ def _max_tokens(cfg) -> int:
 
 def _measure(src: Path, new: Path, out: Path, data, split, max_batches, repeats: int) -> dict:
     """compression.json's figures for ``new`` (to be renamed ``out``) and, under "original", for ``src``."""
-    cfg, orig, tok = ckpt.load_run(src)
+    cfg, orig, tok = loader.load_run(src)
     orig = _plain(orig, cfg)
-    new_cfg, comp, _ = ckpt.load_run(new)
+    new_cfg, comp, _ = loader.load_run(new)
     labels = bool(cfg.finetune.labels)
     T = min(128, _max_tokens(cfg), _max_tokens(new_cfg))  # a distilled student may take shorter inputs
     ids = torch.randint(0, tok.vocab_size, (32, T), generator=torch.Generator().manual_seed(0))  # (32, T)
@@ -294,7 +295,7 @@ def _measure(src: Path, new: Path, out: Path, data, split, max_batches, repeats:
             if b == 32:
                 r.update(throughput_seq_s_b32=round(32e3 / ms, 2), throughput_tok_s_b32=round(32e3 * T / ms, 1))
     if not labels and cfg.model.name == "gpt":
-        from lmforge.generate import generate
+        from lmforge.tools.generate import generate
 
         n = max(1, min(32, cfg.model.block_size - 8, new_cfg.model.block_size - 8))
         decode = [lambda m=m: list(generate(m, list(range(8)), n, temperature=0)) for m in (orig, comp)]

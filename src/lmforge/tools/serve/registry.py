@@ -13,8 +13,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge import checkpoint as ckpt
 from lmforge.errors import UserError
+from lmforge.runs import files as ckpt
+from lmforge.runs import loader
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
@@ -82,11 +83,11 @@ def check_no_pickle(run_dir: Path) -> None:
 
 def load_model(run_dir: str | Path, model_id: str) -> ServedModel:
     """Check, load and classify one run dir (UserError naming the file on any problem)."""
-    run_dir = ckpt.require_run_dir(run_dir)
+    run_dir = loader.require_run_dir(run_dir)
     check_no_pickle(run_dir)
-    cfg, model, tok = ckpt.load_run(run_dir, "cpu")
+    cfg, model, tok = loader.load_run(run_dir, "cpu")
     if cfg.finetune.mode == "lora" and cfg.finetune.base:  # the base weights are loaded too
-        check_no_pickle(ckpt.require_run_dir(cfg.finetune.base))
+        check_no_pickle(loader.require_run_dir(cfg.finetune.base))
     created = int((run_dir / ckpt.WEIGHTS).stat().st_mtime)
     if cfg.finetune.labels:
         max_len = cfg.classifier_max_length

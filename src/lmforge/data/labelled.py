@@ -17,7 +17,7 @@ To evaluate a model, pass its own ``label_names``: the indices then mean what th
 training, and a label the model never saw is an error rather than a silent wrong index.
 
 Registered sets (``chn-reviews``, ``movie-snippets``) come deduplicated and split 80/10/10
-(see :mod:`lmforge.datasets`); :func:`stratified_split` splits a single file of your own the same way.
+(see :mod:`lmforge.data.registry`); :func:`stratified_split` splits a single file of your own the same way.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge import datasets
 from lmforge.config.fields import check_text
-from lmforge.corpora import LABELLED_SPLITS, split_by_hash
+from lmforge.data import registry as datasets
+from lmforge.data.corpora import LABELLED_SPLITS, split_by_hash
 from lmforge.errors import UserError
 
 FORMATS = (".csv", ".tsv", ".jsonl")
@@ -246,7 +246,7 @@ def stratified_split(data: LabelledData, fractions: tuple[float, ...] = (0.8, 0.
     """``len(fractions)`` parts of ``data`` (train, val, test ...) with each class split by ``fractions``.
 
     Deterministic: within each class the unique texts are ordered by ``sha1(salt + text)`` and cut
-    at the fractions (:func:`lmforge.corpora.split_by_hash`; the salt is ``""`` for seed 0, as for
+    at the fractions (:func:`lmforge.data.corpora.split_by_hash`; the salt is ``""`` for seed 0, as for
     the registered sets, else ``"<seed>:"``), so the parts do not depend on the order of the rows.
     Copies of a text go to one part together, even under two labels (the text goes where its first
     class sends it), so no text is in two parts. Each part keeps the input order and ``label_names``.

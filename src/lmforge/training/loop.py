@@ -29,12 +29,12 @@ from typing import Callable, Iterable, Protocol
 import torch
 import torch.nn.functional as F
 
-from lmforge import checkpoint as ckpt
-from lmforge import distributed
 from lmforge.config import TrainConfig
 from lmforge.errors import UserError
-from lmforge.optim import build_optimizer, lr_at, set_lr
-from lmforge.stopping import StopRequest
+from lmforge.runs import files as ckpt
+from lmforge.training import distributed
+from lmforge.training.optim import build_optimizer, lr_at, set_lr
+from lmforge.training.stopping import StopRequest
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -118,10 +118,10 @@ def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000, api_ke
     import torch
     import uvicorn
 
-    from lmforge.serve.app import create_app
-    from lmforge.serve.limits import Limits
-    from lmforge.serve.protocol import server_config
-    from lmforge.serve.registry import load_models
+    from lmforge.tools.serve.app import create_app
+    from lmforge.tools.serve.limits import Limits
+    from lmforge.tools.serve.protocol import server_config
+    from lmforge.tools.serve.registry import load_models
 
     limits = limits or Limits()
     check_options(port, batch_window_ms, max_batch, workers, threads)

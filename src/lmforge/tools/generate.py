@@ -202,10 +202,10 @@ def complete(
     flag) before anything is loaded or generated; the run is loaded before this returns, so once it has
     returned only the model steps are left.
     """
-    from lmforge.checkpoint import load_run
     from lmforge.errors import UserError
     from lmforge.models.layers import for_decode
-    from lmforge.train import resolve_device
+    from lmforge.runs.loader import load_run
+    from lmforge.training.loop import resolve_device
 
     check_generate_args(prompt, max_new_tokens, temperature, top_k, top_p, seed)
     cfg, model, tok = load_run(run_dir, resolve_device(device))

@@ -1,7 +1,7 @@
 """``/v1/completions``: generation in a worker thread, stop strings, OpenAI's response and chunk formats.
 
-Sampling is :func:`lmforge.generate.generate` (temperature, top-p, top-k, seed, eos) and text comes
-from :func:`lmforge.generate.stream_decode`, so a completion is what ``lmforge generate`` gives
+Sampling is :func:`lmforge.tools.generate.generate` (temperature, top-p, top-k, seed, eos) and text comes
+from :func:`lmforge.tools.generate.stream_decode`, so a completion is what ``lmforge generate`` gives
 for the same prompt and seed. A request's choices run one after another in one worker thread, which
 sends events to the event loop through an ``asyncio.Queue``: the loop never runs a model step. The
 thread checks a cancel flag before every token, so a request that timed out or whose client went
@@ -24,8 +24,8 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from lmforge.generate import generate, stream_decode
-from lmforge.serve.limits import APIError, error_body
+from lmforge.tools.generate import generate, stream_decode
+from lmforge.tools.serve.limits import APIError, error_body
 
 
 @dataclass

@@ -12,7 +12,7 @@ config then records the heads / MLP width of each block (``model.layer_n_head`` 
 A head's score is ||its c_attn rows|| * ||its c_proj columns||, a neuron's ||c_fc row|| * ||c_proj
 column||; the lowest ``round(sparsity * count)`` over all blocks go, keeping at least one per block.
 
-Recovery (``steps > 0``): a short :func:`lmforge.train.fit` on the data and loss the run was trained
+Recovery (``steps > 0``): a short :func:`lmforge.training.loop.fit` on the data and loss the run was trained
 with (a classifier: its labelled data, ``ClassifyBatches``, cross-entropy; an LM: its token shards,
 ``LMBatches`` / ``MLMBatches``, next-token / masked-token loss). Unstructured masks are re-applied
 after every optimizer step (``fit(after_step=...)``), so the sparsity stays exact.
@@ -178,9 +178,9 @@ def prune_structured(model: nn.Module, what: str, sparsity: float) -> tuple[list
 def _training_data(cfg, src: Path, tok):
     """(batch source, loss) the run was trained with."""
     if cfg.finetune.labels:
-        from lmforge.datasets import is_registered
-        from lmforge.finetune import ClassifyBatches, cls_loss, encode_texts
-        from lmforge.labelled import load_labelled, stratified_split
+        from lmforge.data.labelled import load_labelled, stratified_split
+        from lmforge.data.registry import is_registered
+        from lmforge.recipes.finetune import ClassifyBatches, cls_loss, encode_texts
 
         ft = cfg.finetune
         if not ft.data:
@@ -194,9 +194,9 @@ def _training_data(cfg, src: Path, tok):
         batches = ClassifyBatches(encode_texts(tok, train.texts, max_len), train.labels, encode_texts(tok, val.texts, max_len),
                                   val.labels, pad, cfg.train.batch_size, cfg.train.seed, group_by_length=ft.group_by_length)
         return batches, cls_loss
-    from lmforge.data import TokenData
-    from lmforge.pretrain import LMBatches, MLMBatches, objective
-    from lmforge.train import lm_loss
+    from lmforge.data.shards import TokenData
+    from lmforge.recipes.pretrain import LMBatches, MLMBatches, objective
+    from lmforge.training.loop import lm_loss
 
     data, t = TokenData.load(src / "data"), cfg.train
     if objective(cfg) == "mlm":
@@ -239,14 +239,14 @@ def recover(model: nn.Module, cfg, src: Path, tok, steps: int, lr: float, run_di
     schedule), re-applying ``masks`` after each step (or letting a :class:`GradualMasks` prune as it goes);
     ``run_dir`` gets fit()'s metrics.jsonl. Returns fit()'s summary.
 
-    ``teacher`` (the model before pruning): the loss is :func:`lmforge.compress.distill.distill_loss`, its
+    ``teacher`` (the model before pruning): the loss is :func:`lmforge.tools.compress.distill.distill_loss`, its
     soft targets at ``temperature`` weighted ``alpha`` against the hard labels. A classifier's teacher
     outputs are computed once per training example; an LM's for each batch.
     """
     import functools
 
-    from lmforge import checkpoint as ckpt
-    from lmforge.train import fit
+    from lmforge.runs import files as ckpt
+    from lmforge.training.loop import fit
 
     batches, loss_fn = _training_data(cfg, src, tok)
     train = dataclasses.replace(cfg.train, max_steps=steps, lr=lr, warmup_steps=min(cfg.train.warmup_steps, steps // 10),
@@ -256,7 +256,7 @@ def recover(model: nn.Module, cfg, src: Path, tok, steps: int, lr: float, run_di
     model.requires_grad_(True)
     net = model
     if teacher is not None:
-        from lmforge.compress.distill import Distiller, TeacherBatches, distill_loss
+        from lmforge.tools.compress.distill import Distiller, TeacherBatches, distill_loss
 
         teacher.eval().requires_grad_(False)
         batches = TeacherBatches(batches, teacher, False, torch.device("cpu"), cfg.train.dtype,

@@ -18,8 +18,6 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable
 
-
-
 VAL_FRACTION = 0.05  # registered sets: units whose sha1 % 1000 < 50 go to validation
 LABELLED_SPLITS = ("train", "val", "test")
 LABELLED_FRACTIONS = (0.8, 0.1, 0.1)  # registered labelled sets, within each class

@@ -25,12 +25,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmforge import checkpoint as ckpt
-from lmforge import distributed
 from lmforge.config import FinetuneConfig, ModelConfig, RunConfig, save_config
 from lmforge.errors import UserError
+from lmforge.runs import files as ckpt
+from lmforge.runs import loader
 from lmforge.tokenizer import Tokenizer
-from lmforge.train import fit, resolve_device
+from lmforge.training import distributed
+from lmforge.training.loop import fit, resolve_device
 
 
 def cls_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -56,8 +57,8 @@ def build_classifier(model_cfg: ModelConfig, ft: FinetuneConfig, num_labels: int
 def load_base(ft: FinetuneConfig) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer] | None:
     """(model config, backbone state dict, tokenizer) of the starting point, or None (from scratch)."""
     if ft.base:
-        base = ckpt.require_run_dir(ft.base)
-        cfg_base, model, tok = ckpt.load_run(base)
+        base = loader.require_run_dir(ft.base)
+        cfg_base, model, tok = loader.load_run(base)
         if cfg_base.finetune.labels:  # its weights are a backbone plus a head: not what --base rebuilds
             raise UserError(f"finetune.base: {base} is a fine-tuned classifier ({', '.join(cfg_base.finetune.label_names)}); "
                             "--base takes a pretraining run (lmforge pretrain --out)")
@@ -72,7 +73,7 @@ def load_base(ft: FinetuneConfig) -> tuple[ModelConfig, dict[str, torch.Tensor],
 
         folder = Path(ft.base_hf)
         if not folder.exists():
-            from lmforge.datasets import REGISTRY, get
+            from lmforge.data.registry import REGISTRY, get
 
             if ft.base_hf not in REGISTRY or REGISTRY[ft.base_hf].content != "model":
                 raise UserError(f"finetune.base_hf: {ft.base_hf!r} is neither a folder nor a registered model (e.g. minilm-l6)")
@@ -93,7 +94,7 @@ def pretrain_base(ft: FinetuneConfig, progress: bool = True) -> None:
     """Run ``ft.base_recipe`` into ``ft.base`` unless that run already finished: start it if the dir
     is missing, resume it if a checkpoint stopped short of the recipe's max_steps (e.g. after Ctrl-C)."""
     from lmforge.config import load_config
-    from lmforge.pretrain import pretrain
+    from lmforge.recipes.pretrain import pretrain
 
     recipe, base = Path(ft.base_recipe), Path(ft.base)
     if not recipe.is_file():
@@ -122,8 +123,8 @@ def _layer_scale(n_layer: int, decay: float):
 
 
 def lora_config(section):
-    """The run config's ``lora`` section as a :class:`lmforge.lora.LoRAConfig`."""
-    from lmforge.lora import LoRAConfig
+    """The run config's ``lora`` section as a :class:`lmforge.models.lora.LoRAConfig`."""
+    from lmforge.models.lora import LoRAConfig
 
     return LoRAConfig(rank=section.rank, alpha=section.alpha, dropout=section.dropout, targets=section.targets)
 
@@ -133,7 +134,7 @@ def _freeze(model: torch.nn.Module, ft: FinetuneConfig, lora_cfg) -> None:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("head.")
     elif ft.mode == "lora":
-        from lmforge.lora import apply_lora, mark_trainable
+        from lmforge.models.lora import apply_lora, mark_trainable
 
         apply_lora(model, lora_config(lora_cfg))
         mark_trainable(model, extra=("head.*",))
@@ -220,8 +221,8 @@ class ClassifyBatches:
 # ----------------------------------------------------------------------------- recipe
 def _resolve(cfg: RunConfig, run_dir: Path, resuming: bool):
     """Tokenizer, model config and (fresh-start only) backbone weights, written into the run dir."""
-    from lmforge.datasets import is_registered
-    from lmforge.labelled import load_labelled
+    from lmforge.data.labelled import load_labelled
+    from lmforge.data.registry import is_registered
 
     ft = cfg.finetune
     base = None if resuming else load_base(ft)
@@ -260,7 +261,7 @@ def _resolve(cfg: RunConfig, run_dir: Path, resuming: bool):
 def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
              resume: str | Path | None = None, progress: bool = True) -> dict:
     """Start or continue a fine-tuning run; returns fit()'s summary plus the validation accuracy."""
-    cfg, run_dir = ckpt.open_run(config_path, overrides or {}, out, resume, verb="finetune")
+    cfg, run_dir = loader.open_run(config_path, overrides or {}, out, resume, verb="finetune")
     if resume is None and not cfg.finetune.data:
         raise UserError("finetune.data: no labelled data given (set it in the recipe or pass --finetune.data NAME|FILE)")
     if resume is None and cfg.finetune.base_recipe:
@@ -270,7 +271,7 @@ def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = 
     clean = False  # set once this rank finished normally: only then wait for the others at shutdown
     try:
         if cfg.finetune.base_hf and not Path(cfg.finetune.base_hf).exists():  # a registered model: rank 0 fetches it
-            from lmforge.datasets import REGISTRY, get
+            from lmforge.data.registry import REGISTRY, get
 
             if cfg.finetune.base_hf in REGISTRY:
                 distributed.main_first(info, lambda: get(cfg.finetune.base_hf))
@@ -303,7 +304,7 @@ def _run(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) ->
     max_len = min(ft.max_length, cfg.model.block_size) if cfg.model.name != "lstm" else ft.max_length
     ids = encode_texts(tok, train.texts, max_len)
     if val is None:  # a single file: hold out a stratified tenth for validation
-        from lmforge.labelled import stratified_split
+        from lmforge.data.labelled import stratified_split
 
         train, val = stratified_split(train, (0.9, 0.1))
         ids = encode_texts(tok, train.texts, max_len)
@@ -320,7 +321,7 @@ def _run(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) ->
     summary = fit(model, batches, cfg.train, run_dir, loss_fn=cls_loss, info=info, progress=progress, lr_scale=lr_scale,
                   val_accuracy=True, on_restored=record if resuming else None)
     if ft.mode == "lora" and info.is_main:  # the run dir keeps adapters + head; the base is named in config.yaml
-        from lmforge.lora import lora_state_dict
+        from lmforge.models.lora import lora_state_dict
 
         ckpt.save_tensors(run_dir / ckpt.WEIGHTS, lora_state_dict(model, extra=("head.*",)), {"lmforge": "lora"})
     if summary.get("val_accuracy") is None:  # fit() measured it at its last evaluation, unless there was none

@@ -9,7 +9,7 @@ holds it open for good. Here a request's line and headers must all arrive within
 from the first byte of the next request; the wait between requests is the keep-alive timeout's).
 Past it the client gets ``408`` and the connection is closed. It is a deadline, not an idle timer, so
 dripping one byte a second does not extend it. Once the headers are in, ``Limits.timeout_s`` counts
-(body upload included; see :class:`lmforge.serve.limits.Guard`).
+(body upload included; see :class:`lmforge.tools.serve.limits.Guard`).
 
 A connection opened while ``Limits.max_connections`` are open already is answered ``503 overloaded``
 to its first request and closed (uvicorn's own ``limit_concurrency`` answers in plain text).
@@ -23,7 +23,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from lmforge.serve.limits import Limits, error_body, send_json
+from lmforge.tools.serve.limits import Limits, error_body, send_json
 
 MAX_HEADER_BYTES = 16 * 1024  # request line + headers; h11 answers 400 above this
 _PIECE = 4096
@@ -104,7 +104,7 @@ def protocol_class(limits: Limits) -> type[LimitedH11Protocol]:
 
 
 def server_config(app, **kwargs) -> uvicorn.Config:
-    """uvicorn's config for an app made by :func:`lmforge.serve.app.create_app`, with its ``Limits``:
+    """uvicorn's config for an app made by :func:`lmforge.tools.serve.app.create_app`, with its ``Limits``:
     the header deadline and connection cap above, the keep-alive timeout and the header size cap."""
     limits: Limits = app.state.limits
     return uvicorn.Config(app, http=protocol_class(limits), timeout_keep_alive=limits.keep_alive_s,

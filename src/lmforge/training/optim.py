@@ -45,7 +45,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     ``param_groups`` lists Muon's groups then AdamW's: the very dicts the two step with, so :func:`set_lr`
     reaches both. ``state_dict()`` is one standard optimizer state dict over the parameters in that order
-    (what :mod:`lmforge.checkpoint` saves); ``load_state_dict`` hands each optimizer its part.
+    (what :mod:`lmforge.runs.files` saves); ``load_state_dict`` hands each optimizer its part.
     """
 
     def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW) -> None:
