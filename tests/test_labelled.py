@@ -6,6 +6,7 @@ import pytest
 
 from lmforge.data import corpora
 from lmforge.data import registry as ds
+from lmforge.data import text as dtext
 from lmforge.data.labelled import (
     LabelledData,
     class_counts,
@@ -22,6 +23,7 @@ EXAMPLES = [("a fine film", "positive"), ("dull, long, and loud", "negative"), (
 
 
 def _write(path, rows, header=("text", "label")):
+    """A file of ``rows``; a .tsv is quoted the CSV way (read it with ``**QUOTED``: a text may hold a line break)."""
     if path.suffix == ".jsonl":
         path.write_text("".join(json.dumps(dict(zip(header, r)), ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     else:
@@ -30,6 +32,9 @@ def _write(path, rows, header=("text", "label")):
             w.writerow(header)
             w.writerows(rows)
     return path
+
+
+QUOTED = {"tsv_quoting": "csv"}  # _write's .tsv files; a plain .tsv (the default): tests/test_tables.py
 
 
 def _error(path, *args, **kw) -> str:
@@ -43,7 +48,7 @@ def _error(path, *args, **kw) -> str:
 # ------------------------------------------------------------------------------ round trips
 @pytest.mark.parametrize("ext", [".csv", ".tsv", ".jsonl"])
 def test_round_trip(tmp_path, ext):
-    d = read_labelled(_write(tmp_path / f"d{ext}", EXAMPLES))
+    d = read_labelled(_write(tmp_path / f"d{ext}", EXAMPLES), **QUOTED)
     assert d.texts == [t for t, _ in EXAMPLES] and len(d) == 5
     assert d.label_names == ["negative", "positive"] and d.labels == [1, 0, 1, 1, 0]
     assert d.source == str(tmp_path / f"d{ext}")
@@ -94,7 +99,7 @@ def test_label_seen_only_in_test(tmp_path):
     ("a.csv", "sentence,label\nok,pos\n", "a.csv:1: no column 'text' in the header (the columns are: 'sentence', 'label')"),
     ("a.csv", "text,y\nok,pos\n", "a.csv:1: no column 'label' in the header (the columns are: 'text', 'y')"),
     ("a.csv", "text\tlabel\nok\tpos\n", "a.csv:1: no column 'text' in the header (the columns are: 'text\\tlabel'; is it tab-separated? name it .tsv)"),
-    ("a.tsv", "text\tlabel\nok\tpos\nx\ty\tz\n", "a.tsv:3: 3 fields, expected 2"),
+    ("a.tsv", "text\tlabel\nok\tpos\nx\ty\tz\n", "a.tsv:3: expected 2 tab-separated fields (the header has text, label), got 3"),
     ("a.csv", 'text,label\nok,pos\n"open quote,neg\nmore,pos\n', "a.csv:3: bad CSV quoting: unexpected end of data"),
     ("a.csv", 'text,label\nok,pos\n"x"y,neg\n', "a.csv:3: bad CSV quoting"),
     ("a.csv", "text,label\nok,pos\n" + "x" * 200_000 + ",neg\n", "a.csv:3: a field longer than 131,072 characters"),
@@ -139,8 +144,8 @@ def test_unsupported_extension_and_missing_file(tmp_path):
 @pytest.mark.parametrize("ext", [".csv", ".tsv", ".jsonl"])
 def test_read_texts_takes_the_text_column_of_any_file_with_or_without_labels(tmp_path, ext):
     texts = [t for t, _ in EXAMPLES]
-    assert read_texts(_write(tmp_path / f"l{ext}", EXAMPLES)) == texts  # a labelled file: the label is ignored
-    assert read_texts(_write(tmp_path / f"u{ext}", [(t,) for t in texts], header=("review",)), "review") == texts
+    assert read_texts(_write(tmp_path / f"l{ext}", EXAMPLES), **QUOTED) == texts  # a labelled file: the label is ignored
+    assert read_texts(_write(tmp_path / f"u{ext}", [(t,) for t in texts], header=("review",)), "review", **QUOTED) == texts
     (tmp_path / "t.txt").write_text("\ufeffone\n\n  two  \n", encoding="utf-8")
     assert read_texts(tmp_path / "t.txt") == ["one", "  two  "]
 
@@ -173,7 +178,7 @@ def test_load_labelled_files_and_names(tmp_path):
     with pytest.raises(UserError, match="^split 'dev' of 'chn-reviews': expected one of train, val, test$"):
         load_labelled("chn-reviews", split="dev")
     with pytest.raises(UserError, match="is not a text corpus .it is a model set"):
-        ds.load_text("minilm-l6")  # errors before any download (labelled sets are text sources: test_text_sources.py)
+        dtext.load_text("minilm-l6")  # errors before any download (labelled sets are text sources: test_text_sources.py)
 
 
 def test_load_registered_split(tmp_path, monkeypatch):

@@ -1,10 +1,15 @@
 """Labelled text: a text and a class label per example, from a CSV, TSV or JSONL file or a registered set.
 
-Files (UTF-8, a BOM is fine), told apart by their extension:
+Files are read by :func:`lmforge.data.tables.read_table` (UTF-8, a BOM is fine), told apart by
+their extension:
 
-- ``.csv`` / ``.tsv``: a header row naming the columns, then one example a row. Quoting is the CSV
-  way: a field holding a comma (tab), a double quote or a line break is wrapped in double quotes,
-  with its quotes doubled (``"He said ""hi"", then left"``), so a text may span several lines.
+- ``.tsv``: a header row naming the columns, then one example a line, fields separated by tabs
+  and not quoted (IANA text/tab-separated-values): a ``"`` is part of the text, and a text cannot
+  hold a tab or a line break. ``tsv_quoting="csv"`` (``finetune.tsv_quoting: csv``) reads a
+  ``.tsv`` quoted the CSV way, as the ``.csv`` below.
+- ``.csv``: a header row naming the columns, then one example a row. Quoting is the CSV way: a
+  field holding a comma, a double quote or a line break is wrapped in double quotes, with its
+  quotes doubled (``"He said ""hi"", then left"``), so a text may span several lines.
 - ``.jsonl``: one JSON object a line, ``{"text": "...", "label": "positive"}``; a label may be a
   string or an integer (``1`` and ``"1"`` are the same label).
 
@@ -17,13 +22,13 @@ To evaluate a model, pass its own ``label_names``: the indices then mean what th
 training, and a label the model never saw is an error rather than a silent wrong index.
 
 Registered sets (``chn-reviews``, ``movie-snippets``) come deduplicated and split 80/10/10
-(see :mod:`lmforge.data.registry`); :func:`stratified_split` splits a single file of your own the same way.
+(see :mod:`lmforge.data.registry`); their ``.tsv`` files quote a text holding a ``"`` the CSV way
+(:func:`lmforge.data.corpora.write_labelled_splits`) and are read so. :func:`stratified_split`
+splits a single file of your own the same way.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -33,9 +38,10 @@ from pathlib import Path
 from lmforge.config.fields import check_text
 from lmforge.data import registry as datasets
 from lmforge.data.corpora import LABELLED_SPLITS, split_by_hash
+from lmforge.data.tables import TABLE_FORMATS, Row, read_table
 from lmforge.errors import UserError
 
-FORMATS = (".csv", ".tsv", ".jsonl")
+FORMATS = TABLE_FORMATS
 
 
 @dataclass
@@ -62,120 +68,29 @@ def sort_labels(labels) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------- reading
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    if b"\x00" in data:
-        line = data[: data.index(b"\x00")].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: NUL byte: not UTF-8 text (UTF-16? save the file as UTF-8)")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
-
-
-def _open(path: str | os.PathLike, formats: tuple[str, ...], of: str = "") -> tuple[Path, str, str]:
-    """(path, lower-case extension, decoded text) of a file whose extension is one of ``formats``."""
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in formats:
-        raise UserError(f"{path}: unsupported extension {ext or '(none)'!r} (expected {', '.join(formats)})")
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (expected a {', '.join(formats)} file{' of ' + of if of else ''})")
-    return path, ext, _decode(path)
-
-
-def _check_example(path: Path, line: int, text, label, text_column: str, label_column: str | None) -> tuple[str, str | None]:
-    """``(text, label)`` checked and the label normalised to a stripped string (``label_column`` None: texts only)."""
-    if not isinstance(text, str):
-        raise UserError(f"{path}:{line}: {text_column!r} is {json.dumps(text)}, expected a string")
-    if not text.strip():
-        raise UserError(f"{path}:{line}: empty text in {text_column!r} (expected some text)")
-    check_text(f"{path}:{line}: {text_column!r}", text)  # a JSON "\\ud800" escape is a lone surrogate, not text
-    if label_column is None:
-        return text, None
+def _label(row: Row, column: str) -> str:
+    """The label of ``row`` as a stripped string (``1`` and ``"1"`` are the same label)."""
+    label = row[column]
     if isinstance(label, bool) or not isinstance(label, (str, int)):
-        raise UserError(f"{path}:{line}: {label_column!r} is {json.dumps(label)}, expected a string or an integer")
+        raise row.error(f"{column!r} is {json.dumps(label)}, expected a string or an integer")
     label = str(label).strip()
     if not label:
-        raise UserError(f"{path}:{line}: empty label in {label_column!r} (expected a class name)")
-    check_text(f"{path}:{line}: {label_column!r}", label)
-    return text, label
-
-
-def _read_delimited(path: Path, text: str, delimiter: str, text_column: str,
-                    label_column: str | None) -> list[tuple[int, str, str | None]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    kind, sep = ("TSV", "tab") if delimiter == "\t" else ("CSV", "comma")
-    rows, header, start = [], None, 1
-    try:
-        for row in reader:
-            line, start = start, reader.line_num + 1  # the line this record began on; the next one's
-            if not row:  # a blank line
-                continue
-            if header is None:
-                header = [h.strip() for h in row]
-                missing = [c for c in (text_column, label_column) if c is not None and c not in header]
-                if missing:
-                    other, other_sep, other_ext = (",", "comma", ".csv") if delimiter == "\t" else ("\t", "tab", ".tsv")
-                    hint = f"; is it {other_sep}-separated? name it {other_ext}" if len(header) == 1 and other in row[0] else ""
-                    raise UserError(f"{path}:{line}: no column {missing[0]!r} in the header "
-                                    f"(the columns are: {', '.join(map(repr, header))}{hint})")
-                i_text = header.index(text_column)
-                i_label = header.index(label_column) if label_column is not None else None
-                continue
-            if len(row) != len(header):
-                raise UserError(f"{path}:{line}: {len(row)} field{'s' * (len(row) != 1)}, expected {len(header)} "
-                                f"(the header has {', '.join(header)}); quote a field that holds a {sep}")
-            label = row[i_label] if i_label is not None else None
-            rows.append((line, *_check_example(path, line, row[i_text], label, text_column, label_column)))
-    except csv.Error as e:
-        if "field larger than field limit" in str(e):  # the csv module's 131,072 characters
-            raise UserError(f"{path}:{start}: a field longer than {csv.field_size_limit():,} characters "
-                            "(an unclosed quote? else split the text)") from None
-        raise UserError(f"{path}:{start}: bad {kind} quoting: {e} "
-                        '(a quoted field ends with " and a quote inside it is doubled: "")') from None
-    if header is None:
-        wanted = f"{text_column!r}" + (f" and {label_column!r}" if label_column is not None else "")
-        raise UserError(f"{path}:1: the file is empty (expected a header row with {wanted})")
-    if not rows:
-        raise UserError(f"{path}:{start}: no examples under the header (expected one row per example)")
-    return rows
-
-
-def _read_jsonl(path: Path, text: str, text_column: str, label_column: str | None) -> list[tuple[int, str, str | None]]:
-    rows = []
-    for line, raw in enumerate(text.split("\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{line}: not valid JSON ({e.msg}, column {e.colno}); expected one object a line") from None
-        if not isinstance(obj, dict):
-            example = f'"{text_column}": "..."' + (f', "{label_column}": "..."' if label_column is not None else "")
-            raise UserError(f"{path}:{line}: a JSON {type(obj).__name__}, expected an object like {{{example}}}")
-        for key in (text_column, label_column):
-            if key is not None and key not in obj:
-                raise UserError(f"{path}:{line}: no key {key!r} (the keys are: {', '.join(map(repr, obj)) or 'none'})")
-        label = obj[label_column] if label_column is not None else None
-        rows.append((line, *_check_example(path, line, obj[text_column], label, text_column, label_column)))
-    if not rows:
-        raise UserError(f"{path}:1: the file is empty (expected one JSON object a line)")
-    return rows
+        raise row.error(f"empty label in {column!r} (expected a class name)")
+    check_text(f"{row.where}: {column!r}", label)
+    return label
 
 
 def read_labelled(path: str | os.PathLike, text_column: str = "text", label_column: str = "label",
-                  label_names: list[str] | None = None) -> LabelledData:
+                  label_names: list[str] | None = None, *, tsv_quoting: str = "none") -> LabelledData:
     """Read a ``.csv``, ``.tsv`` or ``.jsonl`` file of labelled text (see the module docstring).
 
     ``label_names``: the labels a model was trained on; every label of the file must be one of them.
+    ``tsv_quoting``: ``"none"`` (a ``.tsv`` is plain tab-separated lines) or ``"csv"`` (its fields
+    are quoted the CSV way); see :func:`lmforge.data.tables.read_table`.
     """
-    path, ext, text = _open(path, FORMATS)
-    if ext == ".jsonl":
-        rows = _read_jsonl(path, text, text_column, label_column)
-    else:
-        rows = _read_delimited(path, text, "," if ext == ".csv" else "\t", text_column, label_column)
+    rows = [(row.line, row.text(text_column), _label(row, label_column))
+            for row in read_table(path, [text_column, label_column], formats=FORMATS, tsv_quoting=tsv_quoting)]
+    path = Path(path)
     if label_names is None:
         names = sort_labels(label for _, _, label in rows)
     else:
@@ -189,28 +104,21 @@ def read_labelled(path: str | os.PathLike, text_column: str = "text", label_colu
     return LabelledData([t for _, t, _ in rows], [index[l] for _, _, l in rows], names, str(path))
 
 
-def read_texts(path: str | os.PathLike, text_column: str = "text") -> list[str]:
+def read_texts(path: str | os.PathLike, text_column: str = "text", *, tsv_quoting: str = "none") -> list[str]:
     """Texts without labels (``lmforge predict --input``): a ``.txt`` file, one text a line, or the
     ``text_column`` of a ``.csv`` / ``.tsv`` / ``.jsonl`` file, read and checked as :func:`read_labelled`
     reads its files (any label column is ignored)."""
-    path, ext, text = _open(path, (".txt", *FORMATS), "texts")
-    if ext == ".txt":
-        texts = [line for line in text.splitlines() if line.strip()]
-        if not texts:
-            raise UserError(f"{path}:1: the file is empty (expected one text a line)")
-        return texts
-    if ext == ".jsonl":
-        rows = _read_jsonl(path, text, text_column, None)
-    else:
-        rows = _read_delimited(path, text, "," if ext == ".csv" else "\t", text_column, None)
-    return [t for _, t, _ in rows]
+    rows = read_table(path, [text_column], formats=(".txt", *FORMATS), tsv_quoting=tsv_quoting, of="texts")
+    return [row.text(text_column) for row in rows]
 
 
 def load_labelled(spec: str, split: str = "train", text_column: str = "text", label_column: str = "label",
-                  label_names: list[str] | None = None) -> LabelledData:
+                  label_names: list[str] | None = None, *, tsv_quoting: str = "none") -> LabelledData:
     """A split of a registered labelled set (``"train"``, ``"val"`` or ``"test"``), or a whole file.
 
-    A registered set's ``label_names`` are those of the whole set (the same for every split).
+    A registered set's ``label_names`` are those of the whole set (the same for every split); its
+    files are read with CSV quoting, as they were written. ``tsv_quoting`` applies to a ``.tsv`` file
+    of your own (:func:`read_labelled`).
     """
     if not spec.strip():  # Path("") is the current folder
         raise UserError(f"finetune.data {spec!r}: expected a labelled data set name or a {', '.join(FORMATS)} file")
@@ -224,12 +132,12 @@ def load_labelled(spec: str, split: str = "train", text_column: str = "text", la
         folder = datasets.get(spec)
         if label_names is None:
             label_names = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["labels"]
-        return read_labelled(folder / f"{split}.tsv", label_names=label_names)
+        return read_labelled(folder / f"{split}.tsv", label_names=label_names, tsv_quoting="csv")
     path = Path(spec).expanduser()
     if not path.exists() and not (os.sep in spec or "/" in spec or path.suffix.lower() in FORMATS):
         raise UserError(f"unknown data set {spec!r}: expected one of {', '.join(datasets.dataset_names('labelled'))} "
                         f"or a path to a {', '.join(FORMATS)} file")
-    return read_labelled(path, text_column, label_column, label_names)
+    return read_labelled(path, text_column, label_column, label_names, tsv_quoting=tsv_quoting)
 
 
 # -------------------------------------------------------------------------------- statistics
