@@ -7,7 +7,8 @@ import torch
 
 from lmforge.config import TrainConfig
 from lmforge.runs import files as ckpt
-from lmforge.training.loop import TrainingDiverged, fit, lm_loss
+from lmforge.tasks.lm import lm_loss
+from lmforge.training.loop import TrainingDiverged, fit
 
 V, T = 16, 8
 
@@ -59,7 +60,7 @@ def new_model():
 
 
 def test_fit_learns_and_logs(tmp_path):
-    s = fit(new_model(), Counting(8), cfg(max_steps=40), tmp_path, progress=False)
+    s = fit(new_model(), Counting(8), cfg(max_steps=40), tmp_path, loss_fn=lm_loss, progress=False)
     assert s["steps"] == 40 and s["val_loss"] < 0.5 * math.log(V)
     recs = ckpt.read_metrics(tmp_path)
     assert {r["split"] for r in recs} == {"train", "val"}
@@ -70,13 +71,13 @@ def test_fit_learns_and_logs(tmp_path):
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, opt, schedule, accum):
     c = cfg(optimizer=opt, schedule=schedule, grad_accum=accum, step_size=3, restart_period=5)
     m_ref = new_model()
-    fit(m_ref, Counting(8), c, tmp_path / "ref", progress=False)
+    fit(m_ref, Counting(8), c, tmp_path / "ref", loss_fn=lm_loss, progress=False)
 
     with pytest.raises(KeyboardInterrupt):
-        fit(new_model(), Counting(8, fail_at=10), c, tmp_path / "run", progress=False)
+        fit(new_model(), Counting(8, fail_at=10), c, tmp_path / "run", loss_fn=lm_loss, progress=False)
     assert ckpt.load_train_state(tmp_path / "run")["meta"]["step"] == 8
     m = new_model()
-    fit(m, Counting(8), c, tmp_path / "run", progress=False)
+    fit(m, Counting(8), c, tmp_path / "run", loss_fn=lm_loss, progress=False)
     for a, b in zip(m_ref.state_dict().values(), m.state_dict().values()):
         assert torch.equal(a, b)
     steps = [r["step"] for r in ckpt.read_metrics(tmp_path / "run") if r["split"] == "train"]
@@ -86,20 +87,20 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, opt, schedule, 
 def test_ema_is_what_is_evaluated_saved_and_resumed(tmp_path):
     c = cfg(ema_decay=0.9)
     m_ref = new_model()
-    fit(m_ref, Counting(8), c, tmp_path / "ref", progress=False)
+    fit(m_ref, Counting(8), c, tmp_path / "ref", loss_fn=lm_loss, progress=False)
     live = ckpt.load_train_state(tmp_path / "ref")
     saved, _ = ckpt.load_tensors(tmp_path / "ref" / ckpt.WEIGHTS)
     assert torch.equal(saved["head.weight"], m_ref.head.weight.detach())  # the caller's model is the average...
     assert torch.equal(live["ema"]["head.weight"], m_ref.head.weight.detach())
     assert not torch.equal(live["model"]["head.weight"], m_ref.head.weight.detach())  # ...the live weights are kept to resume
     m_plain = new_model()  # the same run without the average ends elsewhere
-    fit(m_plain, Counting(8), cfg(), tmp_path / "plain", progress=False)
+    fit(m_plain, Counting(8), cfg(), tmp_path / "plain", loss_fn=lm_loss, progress=False)
     assert not torch.equal(m_plain.head.weight, m_ref.head.weight)
 
     with pytest.raises(KeyboardInterrupt):
-        fit(new_model(), Counting(8, fail_at=10), c, tmp_path / "run", progress=False)
+        fit(new_model(), Counting(8, fail_at=10), c, tmp_path / "run", loss_fn=lm_loss, progress=False)
     m = new_model()
-    fit(m, Counting(8), c, tmp_path / "run", progress=False)
+    fit(m, Counting(8), c, tmp_path / "run", loss_fn=lm_loss, progress=False)
     for a, b in zip(m_ref.state_dict().values(), m.state_dict().values()):
         assert torch.equal(a, b)  # resume restores the average too
 
@@ -111,7 +112,7 @@ def test_ema_by_hand(tmp_path):
     model = new_model().eval()
     model.drop.p = 0.0
     avg = {n: p.detach().clone() for n, p in model.named_parameters()}
-    fit(model, Counting(8), c, tmp_path, progress=False, after_step=lambda step: history.append(
+    fit(model, Counting(8), c, tmp_path, loss_fn=lm_loss, progress=False, after_step=lambda step: history.append(
         {n: p.detach().clone() for n, p in model.named_parameters()}))
     for t, w in enumerate(history):
         d = min(0.5, (1 + t) / (10 + t))
@@ -123,8 +124,8 @@ def test_ema_by_hand(tmp_path):
 def test_grad_accum_matches_full_batch(tmp_path):
     a, b = new_model(), new_model()
     a.drop.p = b.drop.p = 0.0
-    fit(a, Counting(8), cfg(grad_accum=1), tmp_path / "a", progress=False)
-    fit(b, Counting(8), cfg(grad_accum=4), tmp_path / "b", progress=False)
+    fit(a, Counting(8), cfg(grad_accum=1), tmp_path / "a", loss_fn=lm_loss, progress=False)
+    fit(b, Counting(8), cfg(grad_accum=4), tmp_path / "b", loss_fn=lm_loss, progress=False)
     for x, y in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
 
@@ -143,12 +144,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_bf16_autocast_and_batch_divisibility(tmp_path):
-    s = fit(new_model(), Counting(8), cfg(max_steps=4, dtype="bfloat16"), tmp_path / "bf16", progress=False)
+    s = fit(new_model(), Counting(8), cfg(max_steps=4, dtype="bfloat16"), tmp_path / "bf16", loss_fn=lm_loss, progress=False)
     assert math.isfinite(s["train_loss"])
     from lmforge.errors import UserError
 
     with pytest.raises(UserError, match="divisible"):
-        fit(new_model(), Counting(8), cfg(batch_size=6, grad_accum=4), tmp_path / "x", progress=False)
+        fit(new_model(), Counting(8), cfg(batch_size=6, grad_accum=4), tmp_path / "x", loss_fn=lm_loss, progress=False)
 
 
 @pytest.mark.slow
@@ -162,8 +163,8 @@ def test_compile_option_trains_like_eager(tmp_path):
         return build(ModelConfig(vocab_size=V, n_layer=1, n_head=2, n_embd=16, block_size=T))
 
     c = dict(max_steps=3, eval_interval=0, save_interval=3, log_interval=1)
-    eager = fit(gpt(), Counting(8), cfg(**c), tmp_path / "eager", progress=False)
-    compiled = fit(gpt(), Counting(8), cfg(compile=True, **c), tmp_path / "compiled", progress=False)
+    eager = fit(gpt(), Counting(8), cfg(**c), tmp_path / "eager", loss_fn=lm_loss, progress=False)
+    compiled = fit(gpt(), Counting(8), cfg(compile=True, **c), tmp_path / "compiled", loss_fn=lm_loss, progress=False)
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-4)
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-4)
 
@@ -184,13 +185,13 @@ def test_tuple_inputs_reach_the_model(tmp_path):
             return [((x, torch.ones_like(x)), y) for x, y in super().eval_batches()]
 
     torch.manual_seed(0)
-    s = fit(Masked(), WithMask(8), cfg(max_steps=20), tmp_path, progress=False)
+    s = fit(Masked(), WithMask(8), cfg(max_steps=20), tmp_path, loss_fn=lm_loss, progress=False)
     assert s["val_loss"] < math.log(V)
 
 
 def test_interrupt_names_the_checkpoint_to_resume_from(tmp_path, capsys):
     with pytest.raises(KeyboardInterrupt):
-        fit(new_model(), Counting(8, fail_at=6), cfg(), tmp_path, progress=False)
+        fit(new_model(), Counting(8, fail_at=6), cfg(), tmp_path, loss_fn=lm_loss, progress=False)
     assert f"the last checkpoint (step 4) is in {tmp_path}: continue with --resume {tmp_path}" in capsys.readouterr().err
 
 
@@ -226,8 +227,38 @@ def test_only_resumable_fits_take_over_sigint_and_sigterm(tmp_path):
         def look(step, resumable=resumable):
             seen[resumable] = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
         before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
-        fit(new_model(), Counting(8), cfg(max_steps=2), tmp_path / str(resumable), progress=False, after_step=look,
+        fit(new_model(), Counting(8), cfg(max_steps=2), tmp_path / str(resumable), loss_fn=lm_loss, progress=False, after_step=look,
             resumable=resumable)
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # put back afterwards
     assert seen[False] == before
     assert all(getattr(h, "__qualname__", "") == "StopRequest._handle" for h in seen[True]), seen[True]
+
+
+def test_on_restored_sees_the_restored_state_before_anything_is_written(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        fit(new_model(), Counting(8, fail_at=6), cfg(), tmp_path, loss_fn=lm_loss, progress=False)  # checkpoint at 4, metrics to 6
+    logged = ckpt.read_metrics(tmp_path)
+    saved = ckpt.load_train_state(tmp_path)["model"]
+    seen = {}
+    m = new_model()
+
+    def look():
+        seen["weights"] = all(torch.equal(p.detach(), saved[n]) for n, p in m.named_parameters())
+        seen["metrics"] = ckpt.read_metrics(tmp_path)
+
+    fit(m, Counting(8), cfg(), tmp_path, loss_fn=lm_loss, progress=False, on_restored=look)
+    assert seen["weights"]  # the state is in the model already...
+    assert seen["metrics"] == logged and max(r["step"] for r in logged) == 6  # ...and steps 5-6 are not yet dropped
+    assert [r["step"] for r in ckpt.read_metrics(tmp_path) if r["split"] == "train"] == [1, 2, 4, 5, 6, 8, 10, 12]
+
+
+def test_no_function_in_the_loop_is_over_80_lines():
+    import ast
+    import inspect
+
+    from lmforge.training import loop
+
+    tree = ast.parse(inspect.getsource(loop))
+    long = [(f.name, f.end_lineno - f.lineno + 1) for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.end_lineno - f.lineno + 1 > 80]
+    assert not long, long
