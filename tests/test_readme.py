@@ -1,4 +1,5 @@
-"""The README's tour runs as written (in a scratch folder, with the repo's configs/)."""
+"""The README's tour runs as written (in a scratch folder, with the repo's configs/), then
+docs/compress.md's block, which builds on the tour's runs/tour."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from helpers import REPO, env1
 pytestmark = pytest.mark.data
 
 
-def tour_commands(heading: str = "## A 5-minute tour") -> list[str]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split(heading, 1)[1]
+def tour_commands(heading: str = "## A 5-minute tour", page: str = "README.md") -> list[str]:
+    """The commands of the first ```sh block under ``heading`` of ``page`` (comments and `source` dropped)."""
+    text = (REPO / page).read_text(encoding="utf-8")
+    section = text.split(f"\n{heading}\n", 1)[1]
     block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
     cmds = [line.split("  #")[0].strip() for line in block.splitlines()]
     return [c for c in cmds if c and not c.startswith(("source ", "#"))]
@@ -40,7 +42,7 @@ def test_tour_runs_as_written(tmp_path):
     assert "400 steps" in next(v for k, v in outputs.items() if "--resume" in k)
     assert (tmp_path / "runs" / "tour-ddp" / "model.safetensors").exists()
 
-    for cmd in tour_commands("## Compression and export"):  # they build on the tour's runs/tour
+    for cmd in tour_commands("## After the tour", "docs/compress.md"):  # they build on the tour's runs/tour
         p = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, f"{cmd}\n{p.stdout}\n{p.stderr}"
     runs = tmp_path / "runs"

@@ -1,8 +1,8 @@
-"""`lmforge serve` as a real process on a free loopback port: the README's Serve examples as written
+"""`lmforge serve` as a real process on a free loopback port: docs/serve.md's examples as written
 (curl and the `openai` package), the `openai` client round trip, and a clean shutdown.
 
-The run dirs are tiny random models named as in the README (`runs/tour`, `runs/lstm-movies`); the
-README's port 8000 is replaced by the free port the server picked (`--port 0`).
+The run dirs are tiny random models named as in docs/serve.md (`runs/tour`, `runs/lstm-movies`); its
+port 8000 is replaced by the free port the server picked (`--port 0`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ KEY = "sk-lmforge-demo"
 
 
 def serve_blocks() -> tuple[list[str], str]:
-    """(shell commands, python code) of the README's Serve section; ``\\``-continued lines joined."""
-    section = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Serve\n", 1)[1].split("\n## ", 1)[0]
+    """(shell commands, python code) of docs/serve.md's opening section (before its first ``## ``
+    heading); ``\\``-continued lines joined."""
+    section = (REPO / "docs" / "serve.md").read_text(encoding="utf-8").split("\n## ", 1)[0]
     sh = re.search(r"```sh\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
     cmds = [line.split("  #")[0].strip() for line in sh.splitlines()]
     return [c for c in cmds if c and not c.startswith("#")], re.search(r"```python\n(.*?)```", section, re.S).group(1)
@@ -35,7 +36,7 @@ def serve_blocks() -> tuple[list[str], str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The README's `lmforge serve` line, run in a scratch folder holding runs/tour and runs/lstm-movies."""
+    """docs/serve.md's `lmforge serve` line, run in a scratch folder holding runs/tour and runs/lstm-movies."""
     tmp = tmp_path_factory.mktemp("serve-http")
     make_runs(tmp / "runs", names={"lm": "tour", "clf-lstm": "lstm-movies"})
     cmds, _ = serve_blocks()
