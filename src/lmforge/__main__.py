@@ -51,7 +51,7 @@ def cmd_data_get(args) -> None:
 
 
 def cmd_tokenizer_train(args) -> None:
-    from lmforge.tokenizer import train_from_spec
+    from lmforge.tools.train_tokenizer import train_from_spec
 
     path = train_from_spec(args.data, args.vocab_size, args.out)
     print(path)
@@ -60,8 +60,6 @@ def cmd_tokenizer_train(args) -> None:
 def cmd_pretrain(args) -> None:
     from lmforge.recipes.pretrain import pretrain
 
-    if args.resume and args.config:
-        raise UserError("--resume continues a run with its own config.yaml; drop --config (overrides like --train.max_steps=N are allowed)")
     s = pretrain(args.config, args.overrides, out=args.out, resume=args.resume)
     if s.pop("is_main", True):
         print(
@@ -75,8 +73,6 @@ def cmd_pretrain(args) -> None:
 def cmd_finetune(args) -> None:
     from lmforge.recipes.finetune import finetune
 
-    if args.resume and args.config:
-        raise UserError("--resume continues a run with its own config.yaml; drop --config")
     overrides = dict(args.overrides)
     if args.base:
         overrides["finetune.base"] = args.base
@@ -122,7 +118,7 @@ def cmd_evaluate(args) -> None:
 def cmd_predict(args) -> None:
     from lmforge.tools.evaluate import predict_texts
 
-    for label, prob, text in predict_texts(args.run_dir, args.texts, args.input, args.text_column):
+    for label, prob, text in predict_texts(args.run_dir, args.texts, args.input, args.text_column, tsv_quoting=args.tsv_quoting):
         one_line = text.replace("\r", " ").replace("\n", " ").replace("\t", " ")  # one result a line, 3 tab fields
         print(f"{label}\t{prob:.4f}\t{one_line}")
 
@@ -137,27 +133,14 @@ def cmd_export(args) -> None:
 
 
 def cmd_compress(args) -> None:
-    from lmforge.tools.compress import compress, summary_line
+    from lmforge.tools.compress import run
+    from lmforge.tools.compress.common import summary_line
 
-    if args.method == "distill":
-        from lmforge.tools.compress.distill import distill
-
-        if args.run_dir or not args.teacher or not args.student_config:
-            raise UserError("--method distill takes --teacher RUN_DIR and --student-config FILE.yaml (no positional RUN_DIR)")
-        if args.sparsity is not None or args.structured or args.recover_steps or args.recover_lr is not None or args.gradual:
-            raise UserError("--sparsity, --structured, --recover-steps, --recover-lr and --gradual apply to --method prune, "
-                            "not distill")
-        r = distill(args.teacher, args.student_config, args.out, overrides=args.overrides, data=args.data,
-                    split=args.split, max_batches=args.max_batches, repeats=args.repeats)
-    else:
-        if args.teacher or args.student_config or args.overrides:
-            raise UserError("--teacher, --student-config and config overrides (--train.*, --distill.* ...) apply to --method distill")
-        if not args.run_dir:
-            raise UserError(f"--method {args.method}: give the run directory to compress (lmforge compress RUN_DIR ...)")
-        r = compress(args.run_dir, args.method, args.out, sparsity=args.sparsity, structured=args.structured,
-                     recover_steps=args.recover_steps, recover_lr=args.recover_lr, gradual=args.gradual,
-                     recover_distill=args.recover_distill, data=args.data, split=args.split,
-                     max_batches=args.max_batches, repeats=args.repeats)
+    r = run(args.method, args.run_dir, out=args.out, teacher=args.teacher, student_config=args.student_config,
+            overrides=args.overrides, sparsity=args.sparsity, structured=args.structured,
+            recover_steps=args.recover_steps, recover_lr=args.recover_lr, gradual=args.gradual,
+            recover_distill=args.recover_distill, data=args.data, split=args.split, max_batches=args.max_batches,
+            repeats=args.repeats)
     print(summary_line(r))
 
 
@@ -173,10 +156,7 @@ def cmd_serve(args) -> None:
     from lmforge.tools.serve import serve
     from lmforge.tools.serve.limits import Limits
 
-    limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
-                    max_completion_tokens=args.max_completion_tokens, max_inputs=args.max_inputs,
-                    timeout_s=args.timeout, max_concurrent=args.max_concurrent, header_timeout_s=args.header_timeout,
-                    keep_alive_s=args.keep_alive, max_connections=args.max_connections)
+    limits = Limits(**{k[len(LIMIT):]: v for k, v in vars(args).items() if k.startswith(LIMIT)})
     # an empty --api-key (or LMFORGE_API_KEY set but empty) is an error in serve(), never "no key"
     source = "--api-key" if args.api_key is not None else "LMFORGE_API_KEY"
     key = args.api_key if args.api_key is not None else os.environ.get("LMFORGE_API_KEY")
@@ -195,6 +175,18 @@ def _add_config_options(p: argparse.ArgumentParser, sections: tuple[str, ...]) -
             continue
         g.add_argument(f"--{name}", dest=f"cfg:{name}", default=argparse.SUPPRESS, metavar=typ.__name__.upper(),
                        help=f"{help_} (default {default!r})".replace("%", "%%"))
+
+
+LIMIT = "limit:"  # dest prefix of serve's limit flags: cmd_serve gives them to Limits(...) by field name
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    """``serve``'s limit flags, one per :class:`~lmforge.tools.serve.limits.Limits` field (flag and help from its metadata)."""
+    from lmforge.tools.serve.limits import option_specs
+
+    for name, typ, flag, default, help_ in option_specs():
+        p.add_argument(flag, dest=f"{LIMIT}{name}", type=typ, default=default, metavar=flag[2:].upper().replace("-", "_"),
+                       help=help_.replace("%", "%%"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("texts", nargs="*", help="texts to classify")
     pr.add_argument("--input", type=path_arg, help="a .jsonl / .csv / .tsv / .txt file of texts (one a line for .txt)")
     pr.add_argument("--text-column", default="text", help="text column / key of --input (default text)")
+    pr.add_argument("--tsv-quoting", choices=("none", "csv"), default="none",
+                    help="how a .tsv --input is read: none (plain tab-separated lines, the default) | csv (fields quoted the CSV way)")
     pr.set_defaults(func=cmd_predict)
 
     ex = verbs.add_parser("export", help="export a run as ONNX or a Hugging Face folder, checked against PyTorch")
@@ -311,19 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "printed)")
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*; printable ASCII, "
                     "no spaces; empty is an error (default: $LMFORGE_API_KEY if set, else no key)")
-    sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413 (default 1 MiB)")
-    sv.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts get 400 (default 1024)")
-    sv.add_argument("--max-completion-tokens", type=int, default=512, help="a larger max_tokens gets 422 (default 512)")
-    sv.add_argument("--max-inputs", type=int, default=64, help="classify texts, or prompts x n, per request; more get 422 "
-                    "(default 64)")
-    sv.add_argument("--timeout", type=float, default=30.0, help="seconds per request, upload included; then 408 (default 30)")
-    sv.add_argument("--max-concurrent", type=int, default=256, help="requests in flight; more get 503 (default 256)")
-    sv.add_argument("--header-timeout", type=float, default=10.0, help="seconds for a request's line and headers to "
-                    "arrive; then 408 and the connection is closed (default 10)")
-    sv.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle kept-alive connection stays open "
-                    "(default 5)")
-    sv.add_argument("--max-connections", type=int, default=1024, help="open connections; a request on one more gets "
-                    "503 (default 1024)")
+    _add_limit_options(sv)
     sv.add_argument("--batch-window-ms", type=float, default=5.0, help="classify: how long the first request of a "
                     "batch waits for others (default 5)")
     sv.add_argument("--max-batch", type=int, default=32, help="classify: texts per forward pass at most (default 32)")

@@ -23,6 +23,7 @@ import socket
 import sys
 
 from lmforge.errors import UserError
+from lmforge.tools.serve.limits import check_api_key
 
 
 def _require_extra() -> None:
@@ -55,30 +56,6 @@ def is_loopback(sock: socket.socket) -> bool:
         return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
     except ValueError:
         return False
-
-
-def check_api_key(key: str | None, source: str = "--api-key") -> str | None:
-    """``key`` if it can work as a Bearer key, else a UserError naming ``source`` (the flag or the variable).
-
-    A key is 1 or more printable ASCII characters without spaces: HTTP headers are read as latin-1 and
-    split on spaces, so any other key could never match. The key itself is never echoed.
-    """
-    if key is None:
-        return None
-    if not key.strip():
-        got = "an empty string" if not key else "only spaces"
-        if source.startswith("--"):
-            raise UserError(f"{source}: expected a key of printable ASCII characters, got {got} "
-                            "(an unset variable in --api-key \"$VAR\"?)")
-        raise UserError(f"{source}: expected a key of printable ASCII characters, got {got} (the variable is set "
-                        "but empty: unset it to serve without a key)")
-    for i, c in enumerate(key):
-        if not "!" <= c <= "~":
-            what = ("a space" if c == " " else "a control character" if ord(c) < 32 or ord(c) == 127
-                    else "a non-ASCII character")
-            raise UserError(f"{source}: expected printable ASCII characters only (no spaces or control characters), "
-                            f"got {what} at position {i + 1}")
-    return key
 
 
 def _check_int(flag: str, value, low: int = 1, high: int | None = None) -> None:

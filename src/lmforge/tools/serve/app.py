@@ -47,7 +47,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
                batching: bool = True, batch_window_ms: float = 5.0, max_batch: int = 32,
                workers: int | None = None) -> FastAPI:
     """The app serving ``models`` ({id: ServedModel}); ``workers`` threads run generation, as many run classification."""
-    from lmforge.tools.serve import check_api_key
+    from lmforge.tools.serve.limits import check_api_key
 
     limits = limits or Limits()
     api_key = check_api_key(api_key, "api_key")  # one that could never match (empty, non-ASCII) is an error
@@ -131,7 +131,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
               responses=ERRORS, summary="label and every label's probability for each input text "
                                         "(concurrent requests share forward passes)")
     async def classify(body: ClassifyRequest, request: Request):
-        from lmforge.recipes.finetune import encode_texts
+        from lmforge.data.batches import encode_texts
 
         sm = served(body.model, "classification")
         texts = [body.input] if isinstance(body.input, str) else body.input

@@ -24,40 +24,60 @@ import asyncio
 import hmac
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from lmforge.errors import UserError
+
+
+def _limit(default, flag: str, help: str):
+    """A Limits field with its ``lmforge serve`` flag and help text (``build_parser`` adds the flag from these)."""
+    return field(default=default, metadata={"flag": flag, "help": help})
 
 
 @dataclass
 class Limits:
-    """What one request may ask for; every field is a ``lmforge serve`` flag (``--max-body-bytes`` ...)."""
+    """What one request may ask for; every field is a ``lmforge serve`` flag (``--max-body-bytes`` ...).
 
-    max_body_bytes: int = 1 << 20  # 413 above this
-    max_prompt_tokens: int = 1024  # per completion prompt, 400 above
-    max_completion_tokens: int = 512  # the largest max_tokens a request may ask for, 422 above
-    max_inputs: int = 64  # classify inputs, or completion prompts x n, per request; 422 above
-    timeout_s: float = 30.0  # body upload + queueing + compute; 408 after
-    max_concurrent: int = 256  # requests in flight; 503 beyond
-    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this; 408 and closed after
-    keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
-    max_connections: int = 1024  # open connections; a request on one beyond gets 503 and the connection is closed
+    Each field's metadata holds its flag and help text; :func:`option_specs` lists them for the CLI.
+    """
+
+    max_body_bytes: int = _limit(1 << 20, "--max-body-bytes", "larger request bodies get 413 (default 1 MiB)")
+    max_prompt_tokens: int = _limit(1024, "--max-prompt-tokens", "longer prompts get 400 (default 1024)")
+    max_completion_tokens: int = _limit(512, "--max-completion-tokens", "a larger max_tokens gets 422 (default 512)")
+    max_inputs: int = _limit(64, "--max-inputs", "classify texts, or prompts x n, per request; more get 422 (default 64)")
+    timeout_s: float = _limit(30.0, "--timeout", "seconds per request, upload included; then 408 (default 30)")
+    max_concurrent: int = _limit(256, "--max-concurrent", "requests in flight; more get 503 (default 256)")
+    header_timeout_s: float = _limit(10.0, "--header-timeout", "seconds for a request's line and headers to arrive; "
+                                     "then 408 and the connection is closed (default 10)")
+    keep_alive_s: float = _limit(5.0, "--keep-alive", "seconds an idle kept-alive connection stays open (default 5)")
+    max_connections: int = _limit(1024, "--max-connections", "open connections; a request on one more gets 503 "
+                                  "(default 1024)")
 
     def __post_init__(self) -> None:
         from lmforge.errors import UserError
 
-        for name, flag in INT_FLAGS.items():
+        specs = option_specs()
+        for name, _, flag, _, _ in (spec for spec in specs if spec[1] is int):  # counts first, then seconds
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{flag}: expected an integer >= 1, got {value!r}")
-        for name, flag in SECONDS_FLAGS.items():
+        for name, _, flag, _, _ in (spec for spec in specs if spec[1] is float):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise UserError(f"{flag}: expected a finite number of seconds > 0, got {value!r}")
 
 
-INT_FLAGS = {"max_body_bytes": "--max-body-bytes", "max_prompt_tokens": "--max-prompt-tokens",
-             "max_completion_tokens": "--max-completion-tokens", "max_inputs": "--max-inputs",
-             "max_concurrent": "--max-concurrent", "max_connections": "--max-connections"}
-SECONDS_FLAGS = {"timeout_s": "--timeout", "header_timeout_s": "--header-timeout", "keep_alive_s": "--keep-alive"}
+_TYPES_OF = {"int": int, "float": float}  # the annotations, left as text by `from __future__ import annotations`
+
+
+def option_specs() -> list[tuple[str, type, str, Any, str]]:
+    """(field name, type, flag, default, help) of every :class:`Limits` field, in order: the CLI adds these flags.
+
+    >>> option_specs()[0]
+    ('max_body_bytes', <class 'int'>, '--max-body-bytes', 1048576, 'larger request bodies get 413 (default 1 MiB)')
+    """
+    return [(f.name, _TYPES_OF[f.type], f.metadata["flag"], f.default, f.metadata["help"]) for f in fields(Limits)]
 
 
 class APIError(Exception):
@@ -185,3 +205,27 @@ def _replay(body: bytes, receive):
         return await receive()
 
     return replay
+
+
+def check_api_key(key: str | None, source: str = "--api-key") -> str | None:
+    """``key`` if it can work as a Bearer key, else a UserError naming ``source`` (the flag or the variable).
+
+    A key is 1 or more printable ASCII characters without spaces: HTTP headers are read as latin-1 and
+    split on spaces, so any other key could never match. The key itself is never echoed.
+    """
+    if key is None:
+        return None
+    if not key.strip():
+        got = "an empty string" if not key else "only spaces"
+        if source.startswith("--"):
+            raise UserError(f"{source}: expected a key of printable ASCII characters, got {got} "
+                            "(an unset variable in --api-key \"$VAR\"?)")
+        raise UserError(f"{source}: expected a key of printable ASCII characters, got {got} (the variable is set "
+                        "but empty: unset it to serve without a key)")
+    for i, c in enumerate(key):
+        if not "!" <= c <= "~":
+            what = ("a space" if c == " " else "a control character" if ord(c) < 32 or ord(c) == 127
+                    else "a non-ASCII character")
+            raise UserError(f"{source}: expected printable ASCII characters only (no spaces or control characters), "
+                            f"got {what} at position {i + 1}")
+    return key
