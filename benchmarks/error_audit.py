@@ -41,7 +41,7 @@ def errors(run_dir: str, data: str | None, split: str) -> tuple[list[dict], int,
 
     from lmforge.data.labelled import load_labelled
     from lmforge.runs import loader
-    from lmforge.tools.evaluate import predict_proba
+    from lmforge.tasks.classify import predict_proba
 
     torch.set_num_threads(1)
     cfg, model, tok = loader.load_run(run_dir, verb="audit")

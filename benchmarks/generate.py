@@ -84,7 +84,7 @@ def variants(ours: nn.Module, hf: nn.Module, dtype: str):
     """(lmforge model, transformers model, bytes a decode step reads, seconds ``for_decode`` took) for ``dtype``;
     lmforge's model goes through ``for_decode`` (as ``lmforge generate`` does)."""
     from lmforge.models.layers import for_decode
-    from lmforge.tools.compress.quantize import quantize_int8
+    from lmforge.models.quantize import quantize_int8
 
     if dtype == "fp32":
         ours, hf = copy.deepcopy(ours), hf

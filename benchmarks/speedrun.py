@@ -62,8 +62,8 @@ class _Stop(Exception):
 
 def prepare(spec: str, vocab: int):
     """(tokenizer, TokenData): one lmforge BPE tokenizer and its shards, cached by text and vocab size."""
-    from lmforge.data.registry import load_text
     from lmforge.data.shards import prepare_tokens
+    from lmforge.data.text import load_text
     from lmforge.tokenizer import Tokenizer, train_tokenizer
 
     train_text, val_text = load_text(spec)
@@ -80,7 +80,7 @@ def prepare(spec: str, vocab: int):
 @torch.no_grad()
 def val_loss(model: torch.nn.Module, batches: list, hf: bool) -> float:
     """Mean next-token cross-entropy (nats/token) over ``batches``, float32, eval mode."""
-    from lmforge.training.loop import lm_loss
+    from lmforge.tasks.lm import lm_loss
 
     was = model.training
     model.eval()
@@ -97,8 +97,9 @@ def train_reference(shape: dict, vocab_size: int, data, evals: list, seconds: fl
     """GPT2LMHeadModel trained for ``seconds`` of training time; its curve and final validation loss."""
     import transformers
 
-    from lmforge.recipes.pretrain import LMBatches
-    from lmforge.training.loop import autocast_context, lm_loss
+    from lmforge.data.batches import LMBatches
+    from lmforge.devices import autocast_context
+    from lmforge.tasks.lm import lm_loss
 
     attn = "eager" if dtype == "bf16" else "sdpa"
     cfg = transformers.GPT2Config(vocab_size=vocab_size, n_positions=shape["block_size"], n_embd=shape["n_embd"],
@@ -150,8 +151,9 @@ def train_lmforge(recipe: str, overrides: dict, tok_path: Path, data, evals: lis
                   every: float, dtype: str, threads: int) -> dict:
     """The recipe run by ``fit`` until its validation loss reaches ``target`` or ``cap`` seconds of training."""
     from lmforge.config import load_config
+    from lmforge.data.batches import LMBatches
     from lmforge.models import build
-    from lmforge.recipes.pretrain import LMBatches
+    from lmforge.tasks.lm import lm_loss
     from lmforge.training.loop import fit
 
     cfg = load_config(recipe, overrides)
@@ -185,7 +187,7 @@ def train_lmforge(recipe: str, overrides: dict, tok_path: Path, data, evals: lis
     with tempfile.TemporaryDirectory() as run_dir:
         state["mark"] = time.perf_counter()
         try:
-            fit(model, batches, t, run_dir, progress=False, after_step=after_step)
+            fit(model, batches, t, run_dir, loss_fn=lm_loss, progress=False, after_step=after_step)
         except _Stop:
             pass
     tokens = state["steps"] * t.batch_size * cfg.model.block_size

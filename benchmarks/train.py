@@ -45,7 +45,8 @@ def flops_per_token(cfg) -> float:
 def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, hf: bool):
     """One optimizer step of ``model`` on (x, y), as ``lmforge.training.loop.fit`` does it."""
     from lmforge.config import TrainConfig
-    from lmforge.training.loop import autocast_context, lm_loss
+    from lmforge.devices import autocast_context
+    from lmforge.tasks.lm import lm_loss
     from lmforge.training.optim import build_optimizer
 
     opt = build_optimizer(model, TrainConfig(lr=3e-4, weight_decay=0.1))

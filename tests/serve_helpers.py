@@ -46,9 +46,9 @@ def make_runs(folder: Path, names: dict[str, str] | None = None) -> dict[str, Pa
     """Random-weight run dirs: a GPT LM ("lm"), its int8 ("lm-int8") and head-pruned ("lm-heads") copies,
     GPT / BERT / LSTM classifiers and an int8 GPT classifier (``CLASSIFIERS``). ``names`` renames folders."""
     from lmforge.models import build
-    from lmforge.recipes.finetune import build_classifier
+    from lmforge.models.quantize import int8_state_dict, quantize_int8
+    from lmforge.tasks.classify import build_classifier
     from lmforge.tools.compress.prune import prune_structured
-    from lmforge.tools.compress.quantize import int8_state_dict, quantize_int8
 
     names = names or {}
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import ModelConfig
+from lmforge.data.batches import mask_tokens
 from lmforge.models import BERT, BertForMaskedLM, build
-from lmforge.models.bert import mask_tokens
 
 V = 100
 

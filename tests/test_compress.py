@@ -232,7 +232,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(runs, int8_lm, tmp_pat
 def test_int8_linear_per_token_scales_survive_an_outlier_token():
     """One token 100x larger than the rest: per-token activation scales keep the others precise
     (a per-tensor scale, as in quantize_dynamic, would leave them ~7 bits of a 100x larger range)."""
-    from lmforge.tools.compress.quantize import Int8Linear
+    from lmforge.models.quantize import Int8Linear
 
     g = torch.Generator().manual_seed(0)
     lin = torch.nn.Linear(64, 48, bias=False)

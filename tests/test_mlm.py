@@ -40,11 +40,12 @@ def test_pretraining_batches_score_the_masked_tokens_alone(tmp_path):
     import torch
 
     from lmforge.config import ModelConfig
+    from lmforge.data.batches import MLMBatches
     from lmforge.data.shards import TokenData
+    from lmforge.devices import call
     from lmforge.models import build
-    from lmforge.recipes.pretrain import MLMBatches
+    from lmforge.tasks.lm import lm_loss
     from lmforge.tokenizer import train_tokenizer
-    from lmforge.training.loop import call, lm_loss
 
     corpus = make_corpus(tmp_path / "corpus.txt", lines=200)
     tok = train_tokenizer(corpus.read_text().splitlines(), vocab_size=300)

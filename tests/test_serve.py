@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 
 from serve_helpers import CLASSIFIERS, assert_error, expected_text, http, models, running, runs, slow_models, sse_events, url  # noqa: E402, F401 - pytest fixtures  # noqa: E402
 
-from lmforge.tools.evaluate import predict_proba  # noqa: E402
+from lmforge.tasks.classify import predict_proba  # noqa: E402
 from lmforge.tools.serve.app import create_app  # noqa: E402
 from lmforge.tools.serve.limits import Limits  # noqa: E402
 

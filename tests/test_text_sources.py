@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.data import registry as ds
+from lmforge.data import text as dtext
 from lmforge.errors import UserError
 
 
@@ -23,7 +23,7 @@ def _fake_labelled_set(name: str) -> None:
 
 def test_labelled_set_gives_train_and_val_texts_never_test():
     _fake_labelled_set("chn-reviews")
-    train, val = ds.load_text("chn-reviews")
+    train, val = dtext.load_text("chn-reviews")
     assert train == "好评 服务周到\n差评 太吵了\n" and val == "还不错\n"
     assert "TEST-ONLY" not in train + val and "positive" not in train
 
@@ -32,8 +32,8 @@ def test_comma_joins_sources_in_order(tmp_path):
     _fake_labelled_set("chn-reviews")
     a = tmp_path / "a.txt"
     a.write_text("\n".join(f"line {i}" for i in range(200)))  # no final newline: the join adds one
-    train, val = ds.load_text(f"{a},chn-reviews")
-    a_train, a_val = ds.load_text(str(a))
+    train, val = dtext.load_text(f"{a},chn-reviews")
+    a_train, a_val = dtext.load_text(str(a))
     assert train == a_train + ("" if a_train.endswith("\n") else "\n") + "好评 服务周到\n差评 太吵了\n"
     assert val.startswith(a_val) and val.endswith("还不错\n")
 
@@ -41,7 +41,7 @@ def test_comma_joins_sources_in_order(tmp_path):
 def test_a_path_with_a_comma_is_a_path(tmp_path):
     f = tmp_path / "x,y.txt"
     f.write_text("one\ntwo\nthree\n")
-    assert "".join(ds.load_text(str(f), 0.3)).count("\n") == 3
+    assert "".join(dtext.load_text(str(f), 0.3)).count("\n") == 3
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -51,7 +51,7 @@ def test_a_path_with_a_comma_is_a_path(tmp_path):
 ])
 def test_bad_source_lists(spec, expected):
     with pytest.raises(UserError, match=expected):
-        ds.load_text(spec)
+        dtext.load_text(spec)
 
 
 def test_pretrain_on_a_labelled_set_through_the_cli(tmp_path):

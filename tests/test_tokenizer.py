@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmforge.errors import UserError
-from lmforge.tokenizer import MIN_VOCAB_SIZE, SPECIAL_TOKENS, Tokenizer, train_from_spec, train_tokenizer
+from lmforge.tokenizer import MIN_VOCAB_SIZE, SPECIAL_TOKENS, Tokenizer, train_tokenizer
+from lmforge.tools.train_tokenizer import train_from_spec
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog.\n",
@@ -123,7 +124,7 @@ def test_train_from_spec(tmp_path):
 
 @pytest.mark.data
 def test_chinese_compression_on_peoples_daily():
-    from lmforge.data.registry import load_text
+    from lmforge.data.text import load_text
 
     train, val = load_text("peoples-daily")
     tok = train_tokenizer(train[:400_000].splitlines(keepends=True), vocab_size=4000)

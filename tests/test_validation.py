@@ -35,8 +35,8 @@ def one_line_error(capsys, argv, needle, stdout_empty=True):
 def runs(tmp_path_factory):
     """A tiny trained GPT run (with its data/ shards) and a random-weight GPT classifier beside it."""
     from lmforge.config import FinetuneConfig, ModelConfig, RunConfig, save_config
-    from lmforge.recipes.finetune import build_classifier
     from lmforge.runs import files as ckpt
+    from lmforge.tasks.classify import build_classifier
     from lmforge.tokenizer import Tokenizer
 
     tmp = tmp_path_factory.mktemp("validation")
@@ -111,7 +111,7 @@ def test_fit_keeps_its_world_size_check():
 
     cfg = TrainConfig(batch_size=8, grad_accum=2, device="cpu")
     with pytest.raises(UserError, match=r"processes \(3\)"):
-        fit(torch.nn.Linear(2, 2), None, cfg, "/nonexistent", info=DistInfo(rank=0, world_size=3, local_rank=0))
+        fit(torch.nn.Linear(2, 2), None, cfg, "/nonexistent", loss_fn=None, info=DistInfo(rank=0, world_size=3, local_rank=0))
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -327,7 +327,7 @@ def test_a_one_label_training_set_is_refused(tmp_path, capsys):
 
 
 def test_interrupted_is_said_once(runs, tmp_path, capsys, monkeypatch):
-    from lmforge.recipes import pretrain as pt
+    from lmforge.data import batches as pt
 
     real = pt.LMBatches.train_batch
 
@@ -408,7 +408,7 @@ def test_a_one_line_corpus_is_tokenized_in_bounded_memory(tmp_path):
     corpus.write_text(_long_line(4_000_000), encoding="utf-8")
     script = f"""
 import resource
-from lmforge.data.registry import load_text
+from lmforge.data.text import load_text
 from lmforge.tokenizer import train_tokenizer
 from lmforge.data.shards import prepare_tokens
 train, val = load_text({str(corpus)!r})
@@ -437,9 +437,9 @@ def test_cli_cases_leave_runs_untouched(runs, capsys):
 def test_an_empty_data_name_is_never_the_current_folder(runs, tmp_path, capsys, monkeypatch):
     """Path("") is ".": `--data ""` trained a tokenizer on whatever .txt files the current folder held."""
     from lmforge.data.labelled import load_labelled
-    from lmforge.data.registry import load_text
-    from lmforge.tokenizer import train_from_spec
+    from lmforge.data.text import load_text
     from lmforge.tools.evaluate import evaluate_run
+    from lmforge.tools.train_tokenizer import train_from_spec
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("private notes\n" * 50, encoding="utf-8")

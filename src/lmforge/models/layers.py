@@ -276,7 +276,7 @@ class PackedLinear(nn.Module):
 
 
 class PackedInt8Linear(nn.Module):
-    """Decode wrapper of an :class:`lmforge.tools.compress.quantize.Int8Linear` (made by :func:`for_decode`).
+    """Decode wrapper of an :class:`lmforge.models.quantize.Int8Linear` (made by :func:`for_decode`).
 
     A one-row input is quantized as ``Int8Linear`` does (symmetric int8 with the row's own scale
     ``max|x| / 127``) and multiplied by a copy of the int8 weight prepacked for fbgemm, which streams it

@@ -25,39 +25,16 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
 from fnmatch import fnmatch
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.config import LoRAConfig
 from lmforge.errors import UserError
 
-
-def _opt(default, help: str):  # as config.F: a field with a help text for `--help`
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class LoRAConfig:
-    rank: int = _opt(8, "LoRA rank r: the adapter adds r * (in + out) parameters per Linear")
-    alpha: float = _opt(16.0, "LoRA alpha: the update is scaled by alpha / rank")
-    dropout: float = _opt(0.0, "dropout on the adapter's input")
-    targets: tuple[str, ...] = _opt(("c_attn",), "Linear modules to adapt: name suffixes or fnmatch patterns ('attn.c_proj', 'mlp.*', '*')")
-
-    def __post_init__(self) -> None:
-        if isinstance(self.targets, str):  # "c_attn,c_proj" from YAML / the command line
-            self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
-        self.targets = tuple(self.targets)
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise UserError(f"lora.rank: expected an integer >= 1, got {self.rank!r}")
-        if not self.alpha > 0:
-            raise UserError(f"lora.alpha: expected a positive number, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"lora.dropout: expected a probability in [0, 1), got {self.dropout!r}")
-        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-            raise UserError(f"lora.targets: expected module names or patterns such as 'c_attn', got {self.targets!r}")
+__all__ = ["LoRAConfig", "LoRALinear", "apply_lora", "load_lora_state_dict", "lora_state_dict", "mark_trainable", "merge_lora"]
 
 
 class LoRALinear(nn.Module):
@@ -153,7 +130,7 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
         aliases[id(p)].append(n)
     tied = {n: [a for pn, p in m.named_parameters(prefix=n) for a in aliases[id(p)] if a != pn] for n, m in linears.items()}
     chosen: list[str] = []
-    for pat in cfg.targets:
+    for pat in cfg.patterns:
         hits = [n for n in linears if _matches(n, pat)]
         if not hits:
             done = [n for n, m in model.named_modules() if isinstance(m, LoRALinear) and _matches(n, pat)]

@@ -15,78 +15,16 @@ from typing import Any
 
 import torch
 
+from lmforge import tasks
 from lmforge.config import RunConfig, save_config
-from lmforge.data.shards import (
-    TokenData,
-    iter_eval_batches,
-    make_batch,
-    prepare_tokens,
-    sample_starts,
-)
+from lmforge.data.shards import TokenData, prepare_tokens
+from lmforge.devices import resolve_device
 from lmforge.errors import UserError
-from lmforge.models import build
 from lmforge.runs import files as ckpt
 from lmforge.runs import loader
 from lmforge.tokenizer import Tokenizer, train_tokenizer
 from lmforge.training import distributed
-from lmforge.training.loop import fit, lm_loss, resolve_device
-
-
-class LMBatches:
-    """Random contiguous blocks of the train split; the global batch of step s is drawn from a
-    generator seeded with (seed, s), and process / micro-batch ``index`` takes its slice of it."""
-
-    def __init__(self, data: TokenData, block_size: int, global_batch: int, seed: int, eval_batches: int):
-        self.data, self.block_size, self.global_batch = data, block_size, global_batch
-        self.seed, self.n_eval = seed, eval_batches
-        self.tokens_per_sample = block_size
-
-    def train_batch(self, step: int, index: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        starts = sample_starts(len(self.data.train), self.block_size, self.global_batch, g)
-        return make_batch(self.data.train, starts[index * size : (index + 1) * size], self.block_size)
-
-    def eval_batches(self):
-        # a small text's validation split may be shorter than one block: score shorter windows then
-        block = min(self.block_size, len(self.data.val) - 1)
-        return iter_eval_batches(self.data.val, block, self.global_batch, self.n_eval)
-
-
-class MLMBatches(LMBatches):
-    """Masked-LM batches: the same random blocks, masked by BERT's 80/10/10 rule with a generator
-    seeded by (seed, step) (train) or by the batch index (evaluation: the same masks every time)."""
-
-    def __init__(self, data: TokenData, block_size: int, global_batch: int, seed: int, eval_batches: int,
-                 tok: Tokenizer, mask_prob: float, form: str = "full"):
-        super().__init__(data, block_size, global_batch, seed, eval_batches)
-        # full: (inputs, labels (B, T)); select: ({"idx", "select"}, the picked positions' labels (N,)), for
-        # BertForMaskedLM's head on those alone; rtd: ({"idx", "labels"}, labels): ElectraForPretraining's loss
-        assert form in ("full", "select", "rtd"), form
-        self.form = form
-        if tok.mask_id is None:
-            raise UserError(f"data.objective={'rtd' if form == 'rtd' else 'mlm'}: the tokenizer has no mask token (train one "
-                            "with lmforge, or use a BERT vocabulary)")
-        self.mask_id, self.vocab_size, self.specials, self.mask_prob = tok.mask_id, tok.vocab_size, tok.special_ids, mask_prob
-
-    def _mask(self, x: torch.Tensor, seed: int):
-        from lmforge.models.bert import mask_tokens
-
-        inputs, labels = mask_tokens(x, self.mask_id, self.vocab_size, self.specials, torch.Generator().manual_seed(seed),
-                                     self.mask_prob)
-        if self.form == "rtd":
-            return {"idx": inputs, "labels": labels}, labels
-        if self.form == "full":
-            return inputs, labels
-        picked = labels != -100
-        return {"idx": inputs, "select": picked}, labels[picked]
-
-    def train_batch(self, step: int, index: int, size: int):
-        x, _ = super().train_batch(step, index, size)
-        return self._mask(x, (self.seed * 1_000_003 + step) * 64 + index)
-
-    def eval_batches(self):
-        for i, (x, _) in enumerate(super().eval_batches()):
-            yield self._mask(x, 10_007 + i)
+from lmforge.training.loop import fit
 
 
 def objective(cfg: RunConfig) -> str:
@@ -102,9 +40,21 @@ def objective(cfg: RunConfig) -> str:
     return obj
 
 
+TASK_OF = {"clm": "lm", "mlm": "mlm", "rtd": "rtd"}  # the task each pretraining objective is
+
+
+def pretraining_task(cfg: RunConfig) -> str:
+    """The task this pretraining config trains (lm, mlm or rtd), checked against ``task`` if the config names one."""
+    name = TASK_OF[objective(cfg)]
+    if cfg.task and cfg.task != name:
+        raise UserError(f"task: {cfg.task!r} does not fit model.name={cfg.model.name} (pretraining it is task {name}; "
+                        "a classifier is trained by `lmforge finetune`)")
+    return name
+
+
 def _prepare(cfg: RunConfig, run_dir: Path) -> None:
     """Tokenizer and token shards into the run dir, each skipped if already there; then check them."""
-    from lmforge.data.registry import load_text
+    from lmforge.data.text import load_text
 
     tok_path, data_dir = run_dir / ckpt.TOKENIZER, run_dir / "data"
     if not (tok_path.exists() and (data_dir / "meta.json").exists()):
@@ -148,7 +98,7 @@ def pretrain(
     cfg, run_dir = loader.open_run(config_path, overrides or {}, out, resume)
     if resume is None and not cfg.data.path:
         raise UserError("data.path: no training data given (pass --data.path NAME|FILE|FOLDER or set data.path in the recipe)")
-    objective(cfg)  # fail before anything is written
+    cfg.task = pretraining_task(cfg)  # fail before anything is written; every run dir names its task
     info = distributed.init(resolve_device(cfg.train.device).type)
     clean = False  # set once this rank finished normally: only then wait for the others at shutdown
     existed = None
@@ -183,24 +133,15 @@ def _train(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) 
     if not resuming:
         distributed.main_first(info, record_config)
     torch.manual_seed(cfg.train.seed)
-    model = build(cfg.model)
-    obj, loss_fn = objective(cfg), lm_loss
-    if obj == "clm":
-        batches = LMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches)
-    else:
-        batches = MLMBatches(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed, cfg.train.eval_batches,
-                             tok, cfg.data.mask_prob, form="select" if obj == "mlm" else "rtd")
-    evaluator = None
-    if obj == "rtd":
-        from lmforge.models.electra import electra_loss as loss_fn
-        from lmforge.models.electra import evaluate_electra as evaluator
-    summary = fit(model, batches, cfg.train, run_dir, loss_fn=loss_fn, info=info, progress=progress, evaluator=evaluator,
-                  on_restored=(lambda: distributed.main_first(info, record_config)) if resuming else None)
+    task = tasks.get(cfg.task)
+    model = task.build(cfg, tok)
+    summary = fit(model, task.batches(cfg, tok, data), cfg.train, run_dir, loss_fn=task.loss, info=info, progress=progress,
+                  evaluator=task.evaluator, on_restored=(lambda: distributed.main_first(info, record_config)) if resuming else None)
     summary["run_dir"] = str(run_dir)
     summary["params"] = sum(p.numel() for p in model.parameters())
     if summary.get("val_loss") is not None and not math.isfinite(summary["val_loss"]):
         summary["val_ppl"] = float("inf")
-    if obj == "rtd":  # the loss is generator CE + DISC_WEIGHT x discriminator BCE: no perplexity
+    if task.evaluator is not None:  # its loss is a sum of several (ELECTRA's): no perplexity
         summary["val_ppl"] = None
     summary["is_main"] = info.is_main
     return summary

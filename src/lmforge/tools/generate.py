@@ -202,16 +202,18 @@ def complete(
     flag) before anything is loaded or generated; the run is loaded before this returns, so once it has
     returned only the model steps are left.
     """
+    from lmforge import tasks
+    from lmforge.devices import resolve_device
     from lmforge.errors import UserError
     from lmforge.models.layers import for_decode
     from lmforge.runs.loader import load_run
-    from lmforge.training.loop import resolve_device
 
     check_generate_args(prompt, max_new_tokens, temperature, top_k, top_p, seed)
     cfg, model, tok = load_run(run_dir, resolve_device(device))
-    if cfg.model.name != "gpt" or cfg.finetune.labels:
+    task = tasks.of(cfg).name
+    if task != "lm":
         raise UserError(f"{run_dir}: generate needs a causal language model (a gpt pretraining run), "
-                        f"this run is a {'classifier' if cfg.finetune.labels else cfg.model.name + ' encoder'}")
+                        f"this run is a {'classifier' if task == 'classify' else cfg.model.name + ' encoder'}")
     for_decode(model)  # weights laid out for batch-1 decoding (same outputs, faster on CPU)
     ids = tok.encode(prompt) or ([tok.bos_id] if tok.bos_id is not None else [])
     if not ids:

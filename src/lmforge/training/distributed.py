@@ -30,6 +30,11 @@ class DistInfo:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the ranks, in place (itself when not distributed): what a task's evaluator
+        is handed, so that it needs no import of the training code."""
+        return all_reduce_sum(t, self)
+
 
 def init(device_type: str = "cpu") -> DistInfo:
     """Start the process group if launched by torchrun (idempotent)."""

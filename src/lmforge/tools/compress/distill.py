@@ -45,13 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.devices import autocast_context, call, to_device
 from lmforge.errors import UserError
 from lmforge.runs import files as ckpt
 from lmforge.runs import loader
-from lmforge.tools.compress import _build, _check_out, _link_or_copy, _plain, check_measure_args
-from lmforge.training.loop import autocast_context, call, to_device
+from lmforge.tools.compress.common import build_run, check_measure_args, check_out, link_or_copy, plain_model, training_data
 
-DATA_FIELDS = ("data", "text_column", "label_column", "labels")  # a classifier student's, taken from the teacher
+DATA_FIELDS = ("data", "text_column", "label_column", "tsv_quoting", "labels")  # a classifier student's, taken from the teacher
 
 
 # ----------------------------------------------------------------------------- loss
@@ -190,7 +190,7 @@ class TeacherBatches:
     def _fill(self, ids: list[list[int]], pad_id: int, progress: bool, batch: int = 64) -> None:
         from tqdm.auto import tqdm
 
-        from lmforge.recipes.finetune import collate
+        from lmforge.data.batches import collate
 
         t0 = time.perf_counter()
         unique = sorted(set(map(tuple, ids)), key=len)  # similar lengths per batch: little padding
@@ -294,22 +294,24 @@ def distill(teacher: str | Path, student_config_path: str | Path, out: str | Pat
     """Distill the run ``teacher`` into a new student run dir ``out`` shaped by the recipe ``student_config_path``
     (+ ``overrides`` such as ``{"train.max_steps": "500"}``); returns what compression.json holds (``original``:
     the teacher). ``data`` / ``split`` / ``max_batches``: what the metric is computed on (default: validation)."""
+    if not teacher or not student_config_path:
+        raise UserError("--method distill takes --teacher RUN_DIR and --student-config FILE.yaml (no positional RUN_DIR)")
     check_measure_args(max_batches, repeats)
     src, out = loader.require_run_dir(teacher), Path(out)
-    _check_out(src, out)
+    check_out(src, out)
     tcfg, tmodel, tok = loader.load_run(src, verb="teach")
     cfg = student_config(student_config_path, overrides or {}, tcfg, tok, src)
 
     def write(tmp: Path) -> dict:
-        details = _train(tmp, src, _plain(tmodel, tcfg), tok, cfg, progress)
+        details = _train(tmp, src, plain_model(tmodel, tcfg), tok, cfg, progress)
         return {"method": "distill", "student_config": str(student_config_path), **details}
 
-    return _build(src, out, write, data, split, max_batches, repeats)
+    return build_run(src, out, write, data, split, max_batches, repeats)
 
 
 def _build_student(cfg, tok) -> nn.Module:
     if cfg.finetune.labels:
-        from lmforge.recipes.finetune import build_classifier
+        from lmforge.tasks.classify import build_classifier
 
         return build_classifier(cfg.model, cfg.finetune, len(cfg.finetune.label_names), tok.pad_id if tok.pad_id is not None else 0)
     from lmforge.models import build
@@ -320,13 +322,13 @@ def _build_student(cfg, tok) -> nn.Module:
 def _train(tmp: Path, src: Path, teacher: nn.Module, tok, cfg, progress: bool) -> dict:
     """Write the student's run files into ``tmp`` and train it; returns what compression.json adds."""
     from lmforge.config import save_config
-    from lmforge.tools.compress.prune import _training_data
-    from lmforge.training.loop import fit, resolve_device
+    from lmforge.devices import resolve_device
+    from lmforge.training.loop import fit
 
     ckpt.atomic_write_text(tmp / ckpt.CONFIG, save_config(cfg))
     shutil.copy2(src / ckpt.TOKENIZER, tmp / ckpt.TOKENIZER)
     labels, d = bool(cfg.finetune.labels), cfg.distill
-    inner, _ = _training_data(cfg, src, tok)
+    inner, _ = training_data(cfg, src, tok)
     teacher.requires_grad_(False)
     batches = TeacherBatches(inner, teacher, d.hidden_weight > 0, resolve_device(cfg.train.device), cfg.train.dtype,
                              cache=labels, progress=progress)
@@ -344,7 +346,7 @@ def _train(tmp: Path, src: Path, teacher: nn.Module, tok, cfg, progress: bool) -
     ckpt.save_tensors(tmp / ckpt.WEIGHTS, student.state_dict(), {"lmforge": "distilled"})  # without the projection
     (tmp / ckpt.TRAIN_STATE).unlink(missing_ok=True)  # fit()'s resume state: not part of the run
     if not labels:  # `lmforge evaluate` reads an LM run's own shards
-        shutil.copytree(src / "data", tmp / "data", copy_function=_link_or_copy)
+        shutil.copytree(src / "data", tmp / "data", copy_function=link_or_copy)
     m = cfg.model
     shape = {"model": m.name, "n_layer": m.n_layer, "n_embd": m.n_embd,
              **({"max_length": cfg.finetune.max_length} if labels else {}), **({} if m.name == "lstm" else {"block_size": m.block_size})}

@@ -175,35 +175,6 @@ def prune_structured(model: nn.Module, what: str, sparsity: float) -> tuple[list
 
 
 # ----------------------------------------------------------------------------- recovery
-def _training_data(cfg, src: Path, tok):
-    """(batch source, loss) the run was trained with."""
-    if cfg.finetune.labels:
-        from lmforge.data.labelled import load_labelled, stratified_split
-        from lmforge.data.registry import is_registered
-        from lmforge.recipes.finetune import ClassifyBatches, cls_loss, encode_texts
-
-        ft = cfg.finetune
-        if not ft.data:
-            raise UserError(f"{src}: finetune.data is empty: no labelled data to recover with")
-        train = load_labelled(ft.data, "train", ft.text_column, ft.label_column, ft.label_names)
-        val = load_labelled(ft.data, "val", ft.text_column, ft.label_column, ft.label_names) if is_registered(ft.data) else None
-        if val is None:  # a single file: the same stratified tenth finetune held out
-            train, val = stratified_split(train, (0.9, 0.1))
-        max_len = cfg.classifier_max_length
-        pad = tok.pad_id if tok.pad_id is not None else 0
-        batches = ClassifyBatches(encode_texts(tok, train.texts, max_len), train.labels, encode_texts(tok, val.texts, max_len),
-                                  val.labels, pad, cfg.train.batch_size, cfg.train.seed, group_by_length=ft.group_by_length)
-        return batches, cls_loss
-    from lmforge.data.shards import TokenData
-    from lmforge.recipes.pretrain import LMBatches, MLMBatches, objective
-    from lmforge.training.loop import lm_loss
-
-    data, t = TokenData.load(src / "data"), cfg.train
-    if objective(cfg) == "mlm":
-        return MLMBatches(data, cfg.model.block_size, t.batch_size, t.seed, t.eval_batches, tok, cfg.data.mask_prob), lm_loss
-    return LMBatches(data, cfg.model.block_size, t.batch_size, t.seed, t.eval_batches), lm_loss
-
-
 def cubic_sparsity(step: int, ramp: int, final: float) -> float:
     """Sparsity at ``step`` of a gradual prune reaching ``final`` at step ``ramp`` (Zhu & Gupta 2017):
     ``final * (1 - (1 - step / ramp) ** 3)``, fast at first while many small weights are left, then slower.
@@ -245,10 +216,13 @@ def recover(model: nn.Module, cfg, src: Path, tok, steps: int, lr: float, run_di
     """
     import functools
 
+    from lmforge import tasks
     from lmforge.runs import files as ckpt
+    from lmforge.tools.compress.common import training_data
     from lmforge.training.loop import fit
 
-    batches, loss_fn = _training_data(cfg, src, tok)
+    batches, loss_fn = training_data(cfg, src, tok)
+    classify = tasks.of(cfg).val_accuracy  # a classifier: teacher outputs cached per example, accuracy logged
     train = dataclasses.replace(cfg.train, max_steps=steps, lr=lr, warmup_steps=min(cfg.train.warmup_steps, steps // 10),
                                 eval_interval=0, save_interval=steps, log_interval=min(cfg.train.log_interval, steps),
                                 device="cpu", compile=False, num_threads=0,
@@ -260,11 +234,11 @@ def recover(model: nn.Module, cfg, src: Path, tok, steps: int, lr: float, run_di
 
         teacher.eval().requires_grad_(False)
         batches = TeacherBatches(batches, teacher, False, torch.device("cpu"), cfg.train.dtype,
-                                 cache=bool(cfg.finetune.labels), progress=progress)
+                                 cache=classify, progress=progress)
         net, loss_fn = Distiller(model), functools.partial(distill_loss, temperature=temperature, alpha=alpha)
     hook = masks if isinstance(masks, GradualMasks) else (lambda step: apply_masks(model, masks)) if masks else None
     summary = fit(net, batches, train, run_dir, loss_fn=loss_fn, progress=progress, after_step=hook,
-                  val_accuracy=bool(cfg.finetune.labels), resumable=False)
+                  val_accuracy=classify, resumable=False)
     (run_dir / ckpt.TRAIN_STATE).unlink(missing_ok=True)  # resume state of the recovery: not part of the run
     model.eval()
     return summary

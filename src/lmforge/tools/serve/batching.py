@@ -24,7 +24,7 @@ import torch
 @torch.inference_mode()
 def classify_rows(model: torch.nn.Module, rows: list[list[int]], pad_id: int, max_batch: int) -> torch.Tensor:
     """Class probabilities (N, num_labels) of token-id rows, ``max_batch`` rows per padded forward pass."""
-    from lmforge.recipes.finetune import collate
+    from lmforge.data.batches import collate
 
     out = []
     for i in range(0, len(rows), max_batch):

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge import tasks
 from lmforge.errors import UserError
 from lmforge.runs import files as ckpt
 from lmforge.runs import loader
@@ -89,10 +90,11 @@ def load_model(run_dir: str | Path, model_id: str) -> ServedModel:
     if cfg.finetune.mode == "lora" and cfg.finetune.base:  # the base weights are loaded too
         check_no_pickle(loader.require_run_dir(cfg.finetune.base))
     created = int((run_dir / ckpt.WEIGHTS).stat().st_mtime)
-    if cfg.finetune.labels:
+    task = tasks.of(cfg).name
+    if task == "classify":
         max_len = cfg.classifier_max_length
         return ServedModel(model_id, run_dir, "classification", cfg, model, tok, cfg.finetune.label_names, max_len, created)
-    if cfg.model.name != "gpt":
+    if task != "lm":
         raise UserError(f"{run_dir}: a {cfg.model.name} pretraining run has nothing to serve (completions need a GPT "
                         "language model, classify a fine-tuned classifier)")
     from lmforge.models.layers import for_decode
