@@ -4,7 +4,7 @@ Every benchmark prints one JSON object as its last stdout line (``emit``); ``mak
 those lines and ``benchmarks/results.py`` turns them into RESULTS.md. Peers are timed in the same
 process, alternately (``timed``), so that a change in the machine's load hits every variant alike;
 ``LoadMonitor`` measures how much CPU *other* processes used meanwhile, because another busy process
-on one core halves 2-thread work here (see the README's benchmark section).
+on one core halves 2-thread work here (see docs/results.md).
 """
 
 from __future__ import annotations

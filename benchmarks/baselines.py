@@ -4,7 +4,7 @@
 
 Prints one JSON object: test accuracy, macro F1 and train seconds per set. Chinese uses character
 1-3-grams (no word segmentation needed), English word 1-2-grams. The LSTM baseline is trained with
-`lmforge finetune --model.name=lstm` (see the README's results table).
+`lmforge finetune --model.name=lstm` (see docs/results.md).
 """
 
 from __future__ import annotations

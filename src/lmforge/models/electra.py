@@ -4,7 +4,7 @@ A small masked-LM *generator* fills the masked positions with tokens it samples;
 *discriminator* (the encoder that fine-tuning takes) reads the result and says, for every token,
 whether it was replaced. The discriminator learns from all tokens of a block, not only the ~15-25%
 that masked-LM scores, which is why the paper finds ELECTRA reaching a given downstream accuracy
-with much less compute than masked-LM. (On chn-reviews at 1,500 steps it did not: see the README.)
+with much less compute than masked-LM. (On chn-reviews at 1,500 steps it did not: see docs/results.md.)
 
 ``ElectraForPretraining`` holds ``bert`` (the discriminator: the same :class:`~lmforge.models.bert.BERT`
 and parameter names a masked-LM run has, so ``lmforge finetune --base`` loads ``bert.*`` unchanged),

@@ -1,6 +1,6 @@
 """Stopping a training run on a signal without losing work: SIGINT (Ctrl-C) or SIGTERM (a scheduler's,
 or torchrun's agent's) becomes a request that ``fit()`` answers at the next step boundary, with a
-checkpoint there. See the README's design section for why it is a flag and not an exception."""
+checkpoint there. See docs/design.md for why it is a flag and not an exception."""
 
 from __future__ import annotations
 
