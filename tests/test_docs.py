@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shlex
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, env1, make_corpus
+from test_finetune import make_labelled
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 REGENERATE = "python -m lmforge.config.docs > docs/config.md"
@@ -74,20 +74,6 @@ def run_commands(cmds: list[str], cwd: Path, timeout: float = 300) -> dict[str, 
         assert p.returncode == 0, f"{cmd}\n{p.stdout}\n{p.stderr}"
         out[cmd] = p.stdout
     return out
-
-
-def make_labelled(path: Path, n: int = 200, seed: int = 0) -> Path:
-    """A TSV (text, label): positive iff the sentence mentions 'bread' or 'sing', learnable in seconds."""
-    rng = random.Random(seed)
-    words = "the king and queen walk to the castle at night while people rain".split()
-    rows = ["text\tlabel"]
-    for i in range(n):
-        ws = [rng.choice(words) for _ in range(rng.randint(4, 9))]
-        if i % 2 == 0:
-            ws.insert(rng.randint(0, len(ws)), rng.choice(["bread", "sing"]))
-        rows.append(" ".join(ws) + f"\t{'positive' if i % 2 == 0 else 'negative'}")
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
 
 
 def scratch(tmp: Path) -> Path:

@@ -13,7 +13,6 @@ import torch
 
 from lmforge import tasks
 from lmforge.runs import loader
-from lmforge.tasks.classify import predict_proba  # noqa: F401 - the classifier's probabilities, as before
 
 
 def check_max_batches(max_batches: int | None) -> None:
