@@ -47,3 +47,17 @@ def test_no_module_imports_another_modules_private_names():
                 offences += [f"{here}: from {node.module} import {a.name}" for a in node.names
                              if a.name.startswith("_") and not a.name.startswith("__")]
     assert not offences, "\n".join(offences)
+
+
+MAX_FUNCTION_LINES = 80  # issue 15, item 5: longer only with the reason in the docstring ("Long because ...")
+
+
+def test_no_function_is_long_without_a_stated_reason():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES and "Long because" not in (ast.get_docstring(node) or ""):
+                    long.append(f"{module_name(path)}.{node.name}: {lines} lines")
+    assert not long, "functions over ~80 lines (split them, or say why in the docstring):\n" + "\n".join(long)

@@ -189,11 +189,7 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
                        help=help_.replace("%", "%%"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="lmforge", description="The whole life of a Transformer model on modest hardware.")
-    p.add_argument("--version", action="version", version=f"lmforge {__import__('lmforge').__version__}")
-    verbs = p.add_subparsers(dest="verb", metavar="<verb>", parser_class=Parser)
-
+def _data_parser(verbs) -> None:
     data = verbs.add_parser("data", help="list and fetch the real data sets lmforge knows")
     data_verbs = data.add_subparsers(dest="data_verb", metavar="<action>", parser_class=Parser)
     data_verbs.add_parser("list", help="list the registered data sets").set_defaults(func=cmd_data_list)
@@ -201,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("name", help="data set name (see `lmforge data list`)")
     g.set_defaults(func=cmd_data_get)
 
+
+def _tokenizer_parser(verbs) -> None:
     tok = verbs.add_parser("tokenizer", help="train byte-level BPE tokenizers")
     tok_verbs = tok.add_subparsers(dest="tok_verb", metavar="<action>", parser_class=Parser)
     t = tok_verbs.add_parser("train", help="train a byte-level BPE tokenizer and save DIR/tokenizer.json")
@@ -209,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=path_arg, required=True, help="output folder (tokenizer.json is written there)")
     t.set_defaults(func=cmd_tokenizer_train)
 
+
+def _pretrain_parser(verbs) -> None:
     pt = verbs.add_parser("pretrain", help="pretrain a model into a run dir: GPT (next token), BERT (masked LM) or ELECTRA (replaced tokens); resumable, torchrun-ready")
     pt.add_argument("--config", type=path_arg, help="YAML recipe, e.g. configs/gpt-tiny.yaml")
     pt.add_argument("--out", type=path_arg, help="run directory to create")
@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(pt, ("model", "data", "train"))
     pt.set_defaults(func=cmd_pretrain)
 
+
+def _finetune_parser(verbs) -> None:
     ft = verbs.add_parser("finetune", help="fine-tune a classifier (full, head-only or LoRA) from a run dir, a HF folder or scratch")
     ft.add_argument("--config", type=path_arg, help="YAML recipe, e.g. configs/sentiment-zh.yaml")
     ft.add_argument("--out", type=path_arg, help="run directory to create")
@@ -225,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(ft, ("model", "data", "train", "finetune", "lora"))
     ft.set_defaults(func=cmd_finetune)
 
+
+def _generate_parser(verbs) -> None:
     gen = verbs.add_parser("generate", help="sample a continuation of a prompt from a run dir, streamed to stdout")
     gen.add_argument("run_dir", type=path_arg, help="run directory (config.yaml, model.safetensors, tokenizer.json)")
     gen.add_argument("--prompt", required=True, help="text to continue")
@@ -236,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     gen.set_defaults(func=cmd_generate)
 
+
+def _evaluate_parser(verbs) -> None:
     ev = verbs.add_parser("evaluate", help="LM: loss, perplexity, unigram baseline; classifier: accuracy, P / R / F1, confusion")
     ev.add_argument("run_dir", type=path_arg, help="run directory")
     ev.add_argument("--data", type=path_arg, default=None, help="data set name or file / folder (default: the run's own data)")
@@ -248,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "int8 runs above all; the first batches compile for a few seconds)")
     ev.set_defaults(func=cmd_evaluate)
 
+
+def _predict_parser(verbs) -> None:
     pr = verbs.add_parser("predict", help="label and probability of each text with a fine-tuned classifier")
     pr.add_argument("run_dir", type=path_arg, help="run directory of a fine-tuned classifier")
     pr.add_argument("texts", nargs="*", help="texts to classify")
@@ -257,12 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how a .tsv --input is read: none (plain tab-separated lines, the default) | csv (fields quoted the CSV way)")
     pr.set_defaults(func=cmd_predict)
 
+
+def _export_parser(verbs) -> None:
     ex = verbs.add_parser("export", help="export a run as ONNX or a Hugging Face folder, checked against PyTorch")
     ex.add_argument("run_dir", type=path_arg, help="run directory (an LM or a fine-tuned classifier)")
     ex.add_argument("--format", required=True, choices=["onnx", "hf"], help="onnx (model.onnx, onnxruntime-checked) | hf (save_pretrained layout)")
     ex.add_argument("--out", type=path_arg, required=True, help="folder to create (must be new or empty)")
     ex.set_defaults(func=cmd_export)
 
+
+def _compress_parser(verbs) -> None:
     co = verbs.add_parser("compress", help="int8-quantize, prune or distill a run into a new run dir, with a size / latency / quality report")
     co.add_argument("run_dir", type=path_arg, nargs="?", default=None,
                     help="run directory to compress (a language model or a fine-tuned classifier); not for distill")
@@ -289,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(co, ("model", "train", "finetune", "distill"))
     co.set_defaults(func=cmd_compress)
 
+
+def _report_parser(verbs) -> None:
     rep = verbs.add_parser("report", help="plots comparing runs")
     rep_verbs = rep.add_subparsers(dest="report_verb", metavar="<kind>", parser_class=Parser)
     rc = rep_verbs.add_parser("compress", help="accuracy (or perplexity) vs latency of compressed runs and their originals (PNG)")
@@ -297,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--batch", type=int, choices=[1, 32], default=1, help="latency at batch 1 or 32 (default 1)")
     rc.set_defaults(func=cmd_report_compress)
 
+
+def _serve_parser(verbs) -> None:
     sv = verbs.add_parser("serve", help="HTTP API over run dirs: OpenAI-compatible completions, classify, health, docs")
     sv.add_argument("run_dirs", type=path_arg, nargs="+", metavar="RUN_DIR", help="run dirs to serve (GPT LMs, classifiers, compressed "
                     "runs); a model's id is its folder name")
@@ -316,6 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                     help="uvicorn log level; info logs each request (default info)")
     sv.set_defaults(func=cmd_serve)
+
+
+VERB_PARSERS = (_data_parser, _tokenizer_parser, _pretrain_parser, _finetune_parser, _generate_parser, _evaluate_parser, _predict_parser, _export_parser, _compress_parser, _report_parser, _serve_parser)  # the order of `lmforge --help`
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="lmforge", description="The whole life of a Transformer model on modest hardware.")
+    p.add_argument("--version", action="version", version=f"lmforge {__import__('lmforge').__version__}")
+    verbs = p.add_subparsers(dest="verb", metavar="<verb>", parser_class=Parser)
+
+    for add in VERB_PARSERS:
+        add(verbs)
     return p
 
 

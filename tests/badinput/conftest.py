@@ -15,29 +15,14 @@ About 2 s in all. A case that may write gets copies (tests/badinput/test_badinpu
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
-from helpers import REPO, make_corpus, tree_digest
+from helpers import TINY, make_corpus, make_labelled, tree_digest
 
-TINY = REPO / "configs" / "gpt-tiny.yaml"
 RUNS = ("lm", "clf", "lora", "lstm", "int8")
 FILES = ("corpus", "labels", "tiny", "student")
 
-
-def make_labelled(path: Path, n: int = 160, seed: int = 0) -> Path:
-    """text<TAB>label rows, positive iff the text mentions bread or sing."""
-    rng = random.Random(seed)
-    words = ["the", "king", "and", "queen", "walk", "to", "the", "castle", "at", "night", "while", "people", "rain"]
-    rows = ["text\tlabel"]
-    for i in range(n):
-        ws = [rng.choice(words) for _ in range(rng.randint(4, 9))]
-        if i % 2 == 0:
-            ws.insert(rng.randint(0, len(ws)), rng.choice(["bread", "sing"]))
-        rows.append(" ".join(ws) + ("\tpositive" if i % 2 == 0 else "\tnegative"))
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
 
 
 STUDENT = ("model: {n_layer: 1, n_head: 2, n_embd: 32, block_size: 32}\n"
@@ -52,7 +37,7 @@ def fixtures(tmp_path_factory) -> dict[str, Path]:
     from lmforge.__main__ import main
 
     root = tmp_path_factory.mktemp("badinput")
-    fx = {"root": root, "corpus": make_corpus(root / "corpus.txt"), "labels": make_labelled(root / "labels.tsv"),
+    fx = {"root": root, "corpus": make_corpus(root / "corpus.txt"), "labels": make_labelled(root / "labels.tsv", n=160),
           "tiny": TINY, "student": root / "student.yaml"}
     fx["student"].write_text(STUDENT, encoding="utf-8")
     common = ["--train.eval_interval=0", "--train.eval_batches=2", "--train.log_interval=2", "--train.batch_size=8"]

@@ -32,6 +32,7 @@ import pytest
 import torch
 from helpers import REPO, env1, tree_digest
 
+from badinput import cases_tools, cases_train  # noqa: F401 - importing them registers their cases
 from badinput.badinput_cases import CASES, RUNS, Case, fill
 from lmforge.__main__ import main
 

@@ -5,7 +5,7 @@ source; regenerate the page after changing a field::
 
     python -m lmforge.config.docs > docs/config.md
 
-``tests/test_docs.py`` fails when the page and :func:`config_markdown` differ.
+``tests/docs/test_docs.py`` fails when the page and :func:`config_markdown` differ.
 """
 
 from __future__ import annotations

@@ -322,7 +322,7 @@ def for_decode(model: nn.Module) -> nn.Module:
       fbgemm-prepacked copy of the int8 weight for one-row inputs). Inference only from then on.
 
     Embeddings, norms and non-CPU weights are left alone. Outputs are those of the unchanged model up
-    to float rounding (greedy tokens agree; ``tests/test_generate.py``).
+    to float rounding (greedy tokens agree; ``tests/tools/test_generate.py``).
     """
     bf16_ok = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     swaps: list[tuple[str, type]] = []

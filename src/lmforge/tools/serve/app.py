@@ -76,17 +76,31 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
     _add_error_handlers(app)
     _add_docs(app)
 
-    def served(model_id: str, kind: str) -> ServedModel:
-        sm = models.get(model_id)
-        if sm is None:
-            raise APIError(404, f"model {model_id!r} not found (served: {', '.join(models)})", "model_not_found", "model")
-        if sm.kind != kind:
-            other = "/v1/classify" if sm.kind == "classification" else "/v1/completions"
-            raise APIError(400, f"model {model_id!r} is a {sm.kind} model; use {other}", "wrong_model_kind", "model")
-        return sm
+    _add_health_routes(app)
+    _add_model_routes(app, secured)
+    _add_completion_route(app, secured, gen_pool)
+    _add_classify_route(app, secured)
+    return app
 
-    def deadline(request: Request) -> float:
-        return request.scope.get("lmforge.t0", time.monotonic()) + limits.timeout_s
+
+def served(models: dict[str, ServedModel], model_id: str, kind: str) -> ServedModel:
+    """The served model ``model_id`` of ``kind`` ("completion" or "classification"), else a 404 / 400 APIError."""
+    sm = models.get(model_id)
+    if sm is None:
+        raise APIError(404, f"model {model_id!r} not found (served: {', '.join(models)})", "model_not_found", "model")
+    if sm.kind != kind:
+        other = "/v1/classify" if sm.kind == "classification" else "/v1/completions"
+        raise APIError(400, f"model {model_id!r} is a {sm.kind} model; use {other}", "wrong_model_kind", "model")
+    return sm
+
+
+def deadline(request: Request, limits: Limits) -> float:
+    """When the request must be answered: its arrival (stamped by Guard) plus the server's timeout."""
+    return request.scope.get("lmforge.t0", time.monotonic()) + limits.timeout_s
+
+
+def _add_health_routes(app: FastAPI) -> None:
+    models = app.state.models
 
     @app.get("/healthz", tags=["health"], summary="liveness: 200 with the served model ids (no key needed)")
     async def healthz():
@@ -95,6 +109,10 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
     @app.head("/healthz", include_in_schema=False)  # load balancers' probes; uvicorn sends no body for HEAD
     async def healthz_head():
         return await healthz()
+
+
+def _add_model_routes(app: FastAPI, secured: list) -> None:
+    models = app.state.models
 
     @app.get("/v1/models", response_model=ModelList, tags=["models"], dependencies=secured, responses=ERRORS,
              response_model_exclude_none=True,
@@ -109,14 +127,18 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
             raise APIError(404, f"model {model_id!r} not found (served: {', '.join(models)})", "model_not_found", "model")
         return models[model_id].describe()
 
+
+def _add_completion_route(app: FastAPI, secured: list, gen_pool: ThreadPoolExecutor) -> None:
+    models, limits = app.state.models, app.state.limits
+
     @app.post("/v1/completions", response_model=CompletionResponse, tags=["completions"], dependencies=secured,
               summary="OpenAI-compatible text completion; `stream: true` sends server-sent events",
               responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description":
                                          "JSON, or with `stream: true` `data: {chunk}` events then `data: [DONE]`"}})
     async def completions(body: CompletionRequest, request: Request):
-        sm = served(body.model, "completion")
+        sm = served(models, body.model, "completion")
         job = make_job(sm, body, limits)
-        run = C.Running(sm, job, gen_pool, deadline(request))
+        run = C.Running(sm, job, gen_pool, deadline(request, limits))
         if not job.stream:
             return JSONResponse(await C.complete(run, job, limits.timeout_s))  # response_model documents it
         try:
@@ -127,13 +149,17 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
         return StreamingResponse(C.stream(run, job, first, limits.timeout_s), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+
+def _add_classify_route(app: FastAPI, secured: list) -> None:
+    models, batchers, limits = app.state.models, app.state.batchers, app.state.limits
+
     @app.post("/v1/classify", response_model=ClassifyResponse, tags=["classify"], dependencies=secured,
               responses=ERRORS, summary="label and every label's probability for each input text "
                                         "(concurrent requests share forward passes)")
     async def classify(body: ClassifyRequest, request: Request):
         from lmforge.data.batches import encode_texts
 
-        sm = served(body.model, "classification")
+        sm = served(models, body.model, "classification")
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts:
             raise APIError(422, "input: expected at least one text", "invalid_value", "input")
@@ -142,7 +168,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
                            "invalid_value", "input")
         rows = encode_texts(sm.tok, texts, sm.max_length)
         try:
-            probs = await batchers[sm.id].submit(rows, deadline(request) - time.monotonic())
+            probs = await batchers[sm.id].submit(rows, deadline(request, limits) - time.monotonic())
         except asyncio.TimeoutError:
             raise APIError(408, f"classification not finished within the server's timeout of {limits.timeout_s:g} s",
                            "timeout") from None
@@ -153,8 +179,6 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
                          "probabilities": dict(zip(sm.labels, p))})
         n = sum(len(r) for r in rows)
         return JSONResponse({"object": "list", "model": sm.id, "data": data, "usage": {"prompt_tokens": n, "total_tokens": n}})
-
-    return app
 
 
 def make_job(sm: ServedModel, body: CompletionRequest, limits: Limits) -> C.Job:
