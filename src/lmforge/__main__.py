@@ -37,7 +37,7 @@ def cmd_data_list(args) -> None:
     from lmforge.data.registry import list_datasets
 
     for d in list_datasets():
-        print(f"{d['name']:<16} {d.get('language', ''):<4} {d.get('description', '')}")
+        print(f"{d['name']:<16} {d.get('language', ''):<5} {d.get('description', '')}")
 
 
 def cmd_data_get(args) -> None:
@@ -45,7 +45,7 @@ def cmd_data_get(args) -> None:
 
     path = get(args.name)
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    unit = "examples" if meta.get("content") == "labelled" else "lines"
+    unit = {"labelled": "examples", "pairs": "pairs"}.get(meta.get("content"), "lines")
     splits = [f"{meta[s]['lines']:,} {s} {unit} ({meta[s]['chars']:,} chars)" for s in ("train", "val", "test") if s in meta]
     print(f"{args.name}: {', '.join(splits)} in {path}" if splits else str(path))
 
@@ -84,6 +84,27 @@ def cmd_finetune(args) -> None:
               f"val accuracy {s['val_accuracy']:.4f}")
 
 
+def cmd_train(args) -> None:
+    from lmforge.recipes.train import train
+
+    s = train(args.config, args.overrides, out=args.out, resume=args.resume)
+    if not s.pop("is_main", True):
+        return
+    figures = [f"val loss {s['val_loss']:.4f}"] if s.get("val_loss") is not None else []
+    figures += [f"val {k[4:]} {v:.4f}" for k, v in s.items() if k in ("val_accuracy", "val_bleu", "val_chrf") and v is not None]
+    print(f"{s['run_dir']}: {s['steps']} steps, {s['seconds']:.1f} s" + ("; " + ", ".join(figures) if figures else ""))
+
+
+def cmd_translate(args) -> None:
+    from lmforge.tools.translate import translate_run
+
+    lines = translate_run(args.run_dir, args.texts, input_file=args.input, output_file=args.output, beam=args.beam,
+                          device=args.device)
+    if args.output is None:
+        for line in lines:
+            print(line)
+
+
 def cmd_generate(args) -> None:
     from lmforge.tools.generate import complete
 
@@ -106,7 +127,8 @@ def cmd_evaluate(args) -> None:
     if args.json is not None and not args.json.strip():  # checked before the evaluation, not silently skipped after it
         raise UserError(f"--json: expected a file name to write the result to, got {args.json!r}")
     result = evaluate_run(args.run_dir, data=args.data, split=args.split, max_batches=args.max_batches,
-                          text_column=args.text_column, label_column=args.label_column, compile=args.compile)
+                          text_column=args.text_column, label_column=args.label_column, compile=args.compile,
+                          source_column=args.source_column, target_column=args.target_column, beam=args.beam)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.json is not None:
         from lmforge.runs.files import atomic_write_text
@@ -228,6 +250,27 @@ def _finetune_parser(verbs) -> None:
     ft.set_defaults(func=cmd_finetune)
 
 
+def _train_parser(verbs) -> None:
+    tr = verbs.add_parser("train", help="train any task's recipe into a run dir (the task comes from the recipe: lm, "
+                          "mlm, rtd, classify, translate); resumable")
+    tr.add_argument("--config", type=path_arg, help="YAML recipe, e.g. configs/translate-zh-en.yaml")
+    tr.add_argument("--out", type=path_arg, help="run directory to create")
+    tr.add_argument("--resume", type=path_arg, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    _add_config_options(tr, ("model", "data", "train", "finetune", "lora", "translate"))
+    tr.set_defaults(func=cmd_train)
+
+
+def _translate_parser(verbs) -> None:
+    tl = verbs.add_parser("translate", help="translate sentences with a translation run (one line out per input)")
+    tl.add_argument("run_dir", type=path_arg, help="run directory of a translation model (lmforge train, task translate)")
+    tl.add_argument("texts", nargs="*", help="sentences to translate")
+    tl.add_argument("--input", type=path_arg, help="a .txt file of sentences, one a line")
+    tl.add_argument("--output", type=path_arg, help="write the translations here, one a line (default: stdout)")
+    tl.add_argument("--beam", type=int, default=None, help="beam size; 1 = greedy (default: the run's translate.beam)")
+    tl.add_argument("--device", default="cpu", help="cpu | cuda | mps (default cpu)")
+    tl.set_defaults(func=cmd_translate)
+
+
 def _generate_parser(verbs) -> None:
     gen = verbs.add_parser("generate", help="sample a continuation of a prompt from a run dir, streamed to stdout")
     gen.add_argument("run_dir", type=path_arg, help="run directory (config.yaml, model.safetensors, tokenizer.json)")
@@ -242,12 +285,16 @@ def _generate_parser(verbs) -> None:
 
 
 def _evaluate_parser(verbs) -> None:
-    ev = verbs.add_parser("evaluate", help="LM: loss, perplexity, unigram baseline; classifier: accuracy, P / R / F1, confusion")
+    ev = verbs.add_parser("evaluate", help="LM: loss, perplexity, unigram baseline; classifier: accuracy, P / R / F1, "
+                          "confusion; translation: BLEU, chrF, loss")
     ev.add_argument("run_dir", type=path_arg, help="run directory")
     ev.add_argument("--data", type=path_arg, default=None, help="data set name or file / folder (default: the run's own data)")
     ev.add_argument("--split", default="val", choices=["train", "val", "test"], help="split of a registered set (default val)")
     ev.add_argument("--text-column", default=None, help="classifier: text column of a CSV / TSV / JSONL file")
     ev.add_argument("--label-column", default=None, help="classifier: label column of a CSV / TSV / JSONL file")
+    ev.add_argument("--source-column", default=None, help="translation: source column of a pair file (default: the first)")
+    ev.add_argument("--target-column", default=None, help="translation: target column of a pair file (default: the second)")
+    ev.add_argument("--beam", type=int, default=None, help="translation: beam size (default: the run's translate.beam)")
     ev.add_argument("--max-batches", type=int, default=None, help="cap the number of evaluation batches")
     ev.add_argument("--json", type=path_arg, default=None, metavar="OUT", help="also write the result to this JSON file")
     ev.add_argument("--compile", action="store_true", help="torch.compile the model first (faster on large sets, "
@@ -334,7 +381,9 @@ def _serve_parser(verbs) -> None:
     sv.set_defaults(func=cmd_serve)
 
 
-VERB_PARSERS = (_data_parser, _tokenizer_parser, _pretrain_parser, _finetune_parser, _generate_parser, _evaluate_parser, _predict_parser, _export_parser, _compress_parser, _report_parser, _serve_parser)  # the order of `lmforge --help`
+VERB_PARSERS = (_data_parser, _tokenizer_parser, _pretrain_parser, _finetune_parser, _train_parser,  # `lmforge --help` order
+                _generate_parser, _translate_parser, _evaluate_parser, _predict_parser, _export_parser, _compress_parser,
+                _report_parser, _serve_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from badinput.badinput_cases import (
 )
 
 # ============================================================================= top level, data
-C("cli-unknown-verb", "train --config x", "invalid choice")
+C("cli-unknown-verb", "fit --config x", "invalid choice")
 C("cli-unknown-flag", "--bogus", "--bogus")
 C("data-get-unknown", "data get no-such-set", "no-such-set")
 C("data-get-empty-name", ["data", "get", ""], "data set")

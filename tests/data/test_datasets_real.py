@@ -109,3 +109,26 @@ def test_real_minilm_l6():
     assert len((out / "vocab.txt").read_text(encoding="utf-8").splitlines()) == 30522
     with pytest.raises(UserError, match="not a text corpus"):
         dtext.load_text("minilm-l6")
+
+
+# --------------------------------------------------------------- real pair set (-m data)
+@pytest.mark.data
+def test_real_hsk_zh_en():
+    from lmforge.data.pairs import load_pairs
+
+    out, _, meta = _get_twice("hsk-zh-en")
+    assert meta["content"] == "pairs" and (meta["records"], meta["unique"], meta["duplicates"]) == (4354, 4352, 2)
+    assert sorted(meta["hsk_levels"]) == ["1", "2", "3", "4", "5", "6"] and sum(meta["hsk_levels"].values()) == 4352
+    for s in corpora.PAIR_SPLITS:
+        assert (out / f"{s}.tsv").read_text(encoding="utf-8").split("\n", 1)[0] == "zh\ten"
+    parts = {s: load_pairs("hsk-zh-en", s) for s in corpora.PAIR_SPLITS}
+    assert sum(map(len, parts.values())) == meta["unique"]
+    assert [len(p) for p in parts.values()] == [meta[s]["lines"] for s in corpora.PAIR_SPLITS]
+    for s, frac in zip(corpora.PAIR_SPLITS, corpora.PAIR_FRACTIONS):
+        assert abs(len(parts[s]) / meta["unique"] - frac) < 0.005
+    pairs = [pair for p in parts.values() for pair in zip(p.sources, p.targets)]
+    assert len(set(pairs)) == len(pairs)  # no duplicate pair anywhere
+    sources = [set(p.sources) for p in parts.values()]
+    assert not (sources[0] & sources[1] or sources[0] & sources[2] or sources[1] & sources[2])  # no source straddles
+    assert all("\t" not in x and "\n" not in x and x == x.strip() for pair in pairs for x in pair)
+    assert ("老师，您好！", "Hello, teacher!") in pairs

@@ -2,7 +2,7 @@
 docs/config.md is what the config dataclasses generate.
 
 - Quick ```sh blocks run as written in a scratch folder (here: training.md's and finetune.md's blocks on
-  tiny files; tests/test_readme.py runs the tour and compress.md's block, tests/test_serve_http.py
+  tiny files; tests/docs/test_readme.py runs the tour and compress.md's block, tests/tools/serve/test_serve_http.py
   serve.md's blocks). The README's ```python example runs too.
 - Every other command (full recipes, benchmarks, runs of many minutes), in a ```sh block or as an
   inline `lmforge ...` span without placeholders, is parsed by the real CLI parser, and every file it

@@ -356,7 +356,7 @@ def test_bad_options_are_one_line_errors(modern_run, tmp_path, capsys):
         (base + ["--model.pos_emb", "foo"], "model.pos_emb: expected one of learned, sinusoidal, rope, got 'foo'"),
         (base + ["--model.name", "bert", "--model.mlp", "swiglu"], "model.mlp: swiglu is only for model.name=gpt"),
         (base + ["--model.name", "lstm", "--model.pos_emb", "rope"], "model.pos_emb: rope is only for model.name=gpt"),
-        (base + ["--model.norm_first", "true"], "model.norm_first: only for model.name=bert or electra"),
+        (base + ["--model.norm_first", "true"], "model.norm_first: only for model.name=bert, electra or seq2seq"),
         (base + ["--model.name", "bert", "--model.qk_norm", "true"], "model.qk_norm: true is only for model.name=gpt"),
         (base + ["--model.pos_emb", "rope", "--model.n_embd", "66", "--model.n_head", "6"], "rope needs an even head size"),
         (base + ["--model.rope_theta", "0"], "model.rope_theta"),

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lmforge.config import TrainConfig
+from lmforge.errors import UserError
 from lmforge.runs import files as ckpt
 from lmforge.tasks.lm import lm_loss
 from lmforge.training.loop import TrainingDiverged, fit
@@ -262,3 +263,43 @@ def test_no_function_in_the_loop_is_over_80_lines():
     long = [(f.name, f.end_lineno - f.lineno + 1) for f in ast.walk(tree)
             if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.end_lineno - f.lineno + 1 > 80]
     assert not long, long
+
+
+def test_keep_best_keeps_the_best_evaluation_and_survives_a_resume(tmp_path):
+    """train.keep_best=loss: best.safetensors holds the weights of the lowest val loss so far; an evaluator's
+    figure (accuracy here) is kept the highest; a resume recomputes "best so far" from metrics.jsonl."""
+    from safetensors.torch import load_file
+
+    c = cfg(max_steps=24, eval_interval=4, keep_best="loss")
+    fit(new_model(), Counting(8), c, tmp_path / "run", loss_fn=lm_loss, progress=False)
+    vals = [r for r in ckpt.read_metrics(tmp_path / "run") if r["split"] == "val"]
+    best = min(vals, key=lambda r: r["loss"])
+    meta = ckpt.load_tensors(tmp_path / "run" / ckpt.BEST_WEIGHTS, "best")[1]
+    assert int(meta["step"]) == best["step"] and float(meta["loss"]) == pytest.approx(best["loss"])
+
+    with pytest.raises(KeyboardInterrupt):  # killed after step 16's checkpoint; the resume evaluates 20 and 24 again
+        fit(new_model(), Counting(8, fail_at=17), cfg(max_steps=24, eval_interval=4, save_interval=8, keep_best="loss"),
+            tmp_path / "resumed", loss_fn=lm_loss, progress=False)
+    fit(new_model(), Counting(8), cfg(max_steps=24, eval_interval=4, save_interval=8, keep_best="loss"),
+        tmp_path / "resumed", loss_fn=lm_loss, progress=False)
+    a, b = load_file(tmp_path / "run" / ckpt.BEST_WEIGHTS), load_file(tmp_path / "resumed" / ckpt.BEST_WEIGHTS)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def evaluator(model, batches, device, dtype, info):
+        step = len(ckpt.read_metrics(tmp_path / "acc"))  # any figure that rises, then falls
+        return 1.0, {"accuracy": [0.2, 0.9, 0.5][min(step // 3, 2)]}
+
+    fit(new_model(), Counting(8), cfg(max_steps=12, eval_interval=4, keep_best="accuracy"), tmp_path / "acc",
+        loss_fn=lm_loss, progress=False, evaluator=evaluator)
+    assert ckpt.load_tensors(tmp_path / "acc" / ckpt.BEST_WEIGHTS, "best")[1]["accuracy"] == "0.9"
+    with pytest.raises(UserError, match="train.keep_best: 'bleu' is not a validation figure"):
+        fit(new_model(), Counting(8), cfg(max_steps=4, eval_interval=4, keep_best="bleu"), tmp_path / "bleu",
+            loss_fn=lm_loss, progress=False)
+
+
+def test_inverse_sqrt_schedule_is_continuous_after_warmup():
+    from lmforge.training.optim import lr_at
+
+    c = TrainConfig(lr=1.0, warmup_steps=4, schedule="inverse_sqrt", max_steps=100)
+    lrs = [lr_at(s, c) for s in range(100)]
+    assert lrs[3] == 1.0 and lrs[15] == pytest.approx(0.5) and all(a >= b for a, b in zip(lrs[3:], lrs[4:]))

@@ -25,10 +25,11 @@ import yaml
 from lmforge.config.fields import show
 from lmforge.config.model import ModelConfig
 from lmforge.config.sections import CompressSection, DataConfig, DistillSection, FinetuneConfig, LoRAConfig, TrainConfig
+from lmforge.config.translate import TranslateConfig
 from lmforge.errors import UserError
 
 __all__ = ["CompressSection", "DataConfig", "DistillSection", "FinetuneConfig", "LoRAConfig", "ModelConfig",
-           "RunConfig", "TrainConfig", "apply_overrides", "coerce", "from_dict", "load_config", "load_yaml",
+           "RunConfig", "TrainConfig", "TranslateConfig", "apply_overrides", "coerce", "from_dict", "load_config", "load_yaml",
            "option_specs", "save_config"]
 
 
@@ -49,6 +50,7 @@ class RunConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     compress: CompressSection = field(default_factory=CompressSection)
     distill: DistillSection = field(default_factory=DistillSection)
+    translate: TranslateConfig = field(default_factory=TranslateConfig)
 
     def __post_init__(self) -> None:
         # A run that trains its own tokenizer (no data.tokenizer, no base model, not made from another run) gets
@@ -78,7 +80,7 @@ class RunConfig:
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
                              "finetune": FinetuneConfig, "lora": LoRAConfig, "compress": CompressSection,
-                             "distill": DistillSection}
+                             "distill": DistillSection, "translate": TranslateConfig}
 
 
 def _field_types(section_cls: type) -> dict[str, type]:

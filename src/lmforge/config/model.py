@@ -11,10 +11,15 @@ from lmforge.errors import UserError
 @dataclass
 class ModelConfig:
     name: str = F("gpt", "model family: gpt (causal decoder) | bert (bidirectional encoder) | electra (a bert encoder "
-                         "pretrained by replaced-token detection) | lstm (baseline classifier)")
-    vocab_size: int = F(0, "vocabulary size; 0 = take it from the tokenizer")
+                         "pretrained by replaced-token detection) | lstm (baseline classifier) | seq2seq (encoder-decoder "
+                         "Transformer, for translation) | lstm_seq2seq (LSTM encoder-decoder with attention)")
+    vocab_size: int = F(0, "vocabulary size; 0 = take it from the tokenizer (seq2seq: the target side's)")
+    source_vocab_size: int = F(0, "seq2seq, lstm_seq2seq: source vocabulary of a run with one tokenizer per side (a "
+                                  "separate encoder embedding); 0 = one joint vocabulary and one embedding shared by "
+                                  "encoder and decoder")
     block_size: int = F(128, "context length in tokens")
-    n_layer: int = F(2, "number of Transformer blocks")
+    n_layer: int = F(2, "number of Transformer blocks (seq2seq: encoder blocks; lstm: LSTM layers)")
+    decoder_layers: int = F(0, "seq2seq, lstm_seq2seq: decoder blocks / LSTM layers; 0 = n_layer")
     n_head: int = F(2, "attention heads per block")
     n_embd: int = F(64, "embedding / residual width")
     dropout: float = F(0.0, "dropout probability (embeddings, attention output, MLP)")
@@ -25,12 +30,13 @@ class ModelConfig:
     norm: str = F("layernorm", "gpt: normalization layers: layernorm | rmsnorm (a gain, no bias)")
     mlp: str = F("gelu", "gpt: MLP: gelu | swiglu (silu(gate) * up; default width round(8/3 * n_embd) rounded up to "
                          "a multiple of 64, so about the parameters of gelu's 4 * n_embd) | relu2 (relu(x)^2)")
-    norm_first: bool = F(False, "bert, electra: pre-LN layers (x + attn(ln(x)), a final LayerNorm) instead of BERT's "
+    norm_first: bool = F(False, "bert, electra, seq2seq: pre-LN layers (x + attn(ln(x)), a final LayerNorm) instead of BERT's "
                                 "post-LN; trains from scratch at high LRs without a long warmup")
     qk_norm: bool = F(False, "gpt: RMSNorm each head's queries and keys before attention (and before rope)")
     tie_weights: bool = F(True, "share the token embedding with the output head")
     norm_eps: float = F(1e-5, "LayerNorm / RMSNorm epsilon (q / k norms too)")
     type_vocab_size: int = F(2, "bert: number of token types (segment A / B)")
+    attention: str = F("luong", "lstm_seq2seq: luong (general, multiplicative) | bahdanau (additive) attention")
     generator_layers: int = F(1, "electra: layers of the masked-LM generator (width n_embd, embeddings shared with the "
                                  "encoder)")
     layer_n_head: str = F("", "heads in each block, comma-separated (set by structured pruning); empty = n_head in "
@@ -39,7 +45,10 @@ class ModelConfig:
                                "(swiglu: see model.mlp)")
 
     def __post_init__(self) -> None:
-        check_choice("model", "name", self.name, ("gpt", "bert", "electra", "lstm"))
+        check_choice("model", "name", self.name, ("gpt", "bert", "electra", "lstm", "seq2seq", "lstm_seq2seq"))
+        check_choice("model", "attention", self.attention, ("luong", "bahdanau"))
+        check_int("model.decoder_layers", self.decoder_layers, 0)
+        check_int("model.source_vocab_size", self.source_vocab_size, 0)
         check_positive("model", "generator_layers", self.generator_layers)
         check_choice("model", "pos_emb", self.pos_emb, ("learned", "sinusoidal", "rope"))
         check_choice("model", "norm", self.norm, ("layernorm", "rmsnorm"))
@@ -48,12 +57,14 @@ class ModelConfig:
         check_float("model.norm_eps", self.norm_eps, 0.0, 1.0, hi_open=True)
         check_int("model.type_vocab_size", self.type_vocab_size, 1)
         gpt_only = (("norm", "rmsnorm"), ("mlp", "swiglu"), ("mlp", "relu2"), ("qk_norm", True))
-        if self.norm_first and self.name in ("gpt", "lstm"):
-            raise UserError(f"model.norm_first: only for model.name=bert or electra (a gpt is always pre-LN), not {self.name}")
-        not_here = () if self.name == "gpt" else gpt_only + ((("pos_emb", "rope"),) if self.name == "lstm" else ())
+        if self.norm_first and self.name in ("gpt", "lstm", "lstm_seq2seq"):
+            raise UserError(f"model.norm_first: only for model.name=bert, electra or seq2seq (a gpt is always pre-LN), "
+                            f"not {self.name}")
+        no_positions = self.name in ("lstm", "lstm_seq2seq")
+        not_here = () if self.name == "gpt" else gpt_only + ((("pos_emb", "rope"),) if no_positions else ())
         for k, value in not_here:
             if getattr(self, k) == value:
-                where = "gpt, bert or electra" if k == "pos_emb" else "gpt"
+                where = "gpt, bert, electra or seq2seq" if k == "pos_emb" else "gpt"
                 raise UserError(f"model.{k}: {str(value).lower()} is only for model.name={where}, not {self.name}")
         for k in ("block_size", "n_layer", "n_head", "n_embd"):
             check_positive("model", k, getattr(self, k))
@@ -65,6 +76,11 @@ class ModelConfig:
             raise UserError(f"model.pos_emb: rope needs an even head size (model.n_embd / model.n_head), got {self.head_size}")
         for k in ("layer_n_head", "layer_n_inner"):
             _per_layer(k, getattr(self, k), self.n_layer)
+
+    @property
+    def n_decoder_layers(self) -> int:
+        """Decoder blocks of a seq2seq model (``decoder_layers``, or ``n_layer`` when 0)."""
+        return self.decoder_layers or self.n_layer
 
     @property
     def head_size(self) -> int:

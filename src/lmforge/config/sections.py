@@ -37,7 +37,8 @@ class TrainConfig:
                                 "with beta1 / beta2 on everything else)")
     lr: float = F(1e-3, "peak learning rate")
     min_lr_ratio: float = F(0.1, "final LR as a fraction of lr (cosine schedules)")
-    schedule: str = F("cosine", "LR schedule: cosine | constant | step | cosine_restarts (all after warmup)")
+    schedule: str = F("cosine", "LR schedule: cosine | constant | step | cosine_restarts | inverse_sqrt (lr * "
+                                "sqrt(warmup_steps / step), the Transformer paper's; all after warmup)")
     warmup_steps: int = F(0, "linear warmup steps")
     step_size: int = F(1000, "step schedule: decay the LR every N steps")
     gamma: float = F(0.5, "step schedule: multiply the LR by this at each decay")
@@ -54,6 +55,8 @@ class TrainConfig:
                               "saved model use it; 0 = off")
     eval_interval: int = F(50, "evaluate on the validation split every N steps (and at the end); 0 = only at the end")
     eval_batches: int = F(10, "batches per evaluation")
+    keep_best: str = F("", "also keep best.safetensors, the weights of the evaluation with the best validation "
+                           "figure: loss (lowest) | accuracy | bleu | chrf (highest); empty = off")
     save_interval: int = F(50, "write a resumable checkpoint every N steps (and at the end)")
     log_interval: int = F(10, "append train loss to metrics.jsonl every N steps")
     seed: int = F(1337, "random seed: weights, batches, dropout")
@@ -64,7 +67,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("train", "optimizer", self.optimizer, ("adamw", "sgd", "rmsprop", "muon"))
-        check_choice("train", "schedule", self.schedule, ("cosine", "constant", "step", "cosine_restarts"))
+        check_choice("train", "schedule", self.schedule, ("cosine", "constant", "step", "cosine_restarts", "inverse_sqrt"))
+        check_choice("train", "keep_best", self.keep_best, ("", "loss", "accuracy", "bleu", "chrf"))
         check_choice("train", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         for k in ("max_steps", "batch_size", "grad_accum", "step_size", "restart_period", "eval_batches", "save_interval", "log_interval"):
             check_positive("train", k, getattr(self, k))

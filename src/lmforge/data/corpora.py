@@ -5,6 +5,8 @@ Text sets are split by hashing each unit (a line, a paragraph): a unit goes to v
 on every machine, and duplicated units always land in the same split. Labelled sets are cleaned
 (:func:`clean_sentence`), deduplicated within each class, texts under two labels dropped
 (:func:`dedupe_labelled`), then each class is split 80/10/10 by the sha1 of the text (:func:`split_by_hash`).
+Sentence-pair sets are deduplicated on (source, target) and split 90/5/5 by the sha1 of the source
+(:func:`split_pairs_by_source`), so a source with two translations keeps both in one split.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import re
 import tarfile
 import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -247,3 +251,96 @@ def write_labelled_splits(by_label: dict[str, list[str]], out_dir: Path,
     return meta
 
 
+# -------------------------------------------------------------------------------- pair sets
+PAIR_SPLITS = LABELLED_SPLITS  # train, val, test
+PAIR_FRACTIONS = (0.9, 0.05, 0.05)  # registered pair sets, by sha1 of the source sentence
+HSK_SENTENCES = "hsk_sentences_audio/data/sentences.json"
+
+
+def clean_pair_side(text: str) -> str:
+    """One side of a sentence pair: tabs and line breaks -> spaces, stripped; nothing else changes (no NFKC).
+
+    >>> clean_pair_side(" 你好，\\t世界！\\r\\n")
+    '你好， 世界！'
+    """
+    return re.sub(r"[\t\r\n]", " ", text).strip()
+
+
+def split_pairs_by_source(pairs: list[tuple[str, str]], fractions: tuple[float, ...] = PAIR_FRACTIONS,
+                          salt: str = "") -> list[list[tuple[str, str]]]:
+    """``(source, target)`` pairs in ``len(fractions)`` parts, by :func:`split_by_hash` of the unique
+    sources: every translation of one source lands in the same part. Input order kept within a part.
+
+    >>> split_pairs_by_source([("a", "1"), ("b", "2"), ("a", "3")], (0.5, 0.5))
+    [[('a', '1'), ('a', '3')], [('b', '2')]]
+    """
+    part_of = {}
+    for k, part in enumerate(split_by_hash(list(dict.fromkeys(s for s, _ in pairs)), fractions, salt)):
+        part_of.update((s, k) for s in part)
+    parts: list[list[tuple[str, str]]] = [[] for _ in fractions]
+    for pair in pairs:
+        parts[part_of[pair[0]]].append(pair)
+    return parts
+
+
+def write_pair_files(parts: list[list[tuple[str, str]]], out_dir: Path, header: tuple[str, str] = ("zh", "en")) -> dict:
+    """Write each part as ``<split>.tsv`` (:data:`PAIR_SPLITS`): a ``source<TAB>target`` header
+    (``zh<TAB>en``), then one pair a line in sha1 order of the source (two translations of a source
+    side by side), plain tab-separated with no quoting; returns ``{split: {"lines", "chars", "sources"}}``."""
+    meta = {}
+    for split, part in zip(PAIR_SPLITS, parts):
+        if any(("\t" in x or "\n" in x or "\r" in x or x != x.strip() or not x) for pair in part for x in pair):
+            raise ValueError(f"{split}: a side is empty or holds a tab or a line break (clean it with clean_pair_side)")
+        rows = sorted(part, key=lambda p: (_sha1(p[0]), p[1]))
+        text = "".join(f"{s}\t{t}\n" for s, t in [header, *rows])
+        (out_dir / f"{split}.tsv").write_text(text, encoding="utf-8")
+        meta[split] = {"lines": len(rows), "chars": len(text), "sources": len({s for s, _ in rows})}
+    return meta
+
+
+def hsk_records(records: list) -> list[tuple[str, str, int]]:
+    """The records of hsk-sentences-audio's ``sentences.json`` (each with ``chinese``, ``translation.en``
+    and ``hsk_level``) -> cleaned ``(zh, en, level)``, file order; a record with an empty side is dropped.
+
+    >>> hsk_records([{"id": "hsk1-0001", "hsk_level": 1, "chinese": "老师，您好！", "translation": {"en": "Hello, teacher!"}}])
+    [('老师，您好！', 'Hello, teacher!', 1)]
+    """
+    if not isinstance(records, list):
+        raise ValueError(f"{HSK_SENTENCES}: a JSON {type(records).__name__}, expected a list of sentence records")
+    out = []
+    for i, r in enumerate(records):
+        try:
+            zh, en, level = r["chinese"], r["translation"]["en"], r["hsk_level"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{HSK_SENTENCES}: record {i} ({str(r)[:60]}): expected chinese, translation.en and "
+                             "hsk_level") from None
+        zh, en = clean_pair_side(zh), clean_pair_side(en)
+        if zh and en:
+            out.append((zh, en, int(level)))
+    return out
+
+
+def prepare_hsk_zh_en(members: dict[str, bytes], out_dir: Path) -> dict:
+    """hsk-sentences-audio -> ``train.tsv`` / ``val.tsv`` / ``test.tsv`` of ``zh<TAB>en`` pairs:
+    deduplicated on (zh, en), split 90/5/5 by the sha1 of the Chinese sentence (a sentence with two
+    translations keeps both, in one split); counts of pairs, duplicates and HSK levels per split."""
+    raw = json.loads(members[HSK_SENTENCES].decode("utf-8"))
+    records = hsk_records(raw)
+    level_of: dict[tuple[str, str], int] = {}
+    for zh, en, level in records:
+        level_of.setdefault((zh, en), level)
+    unique = list(level_of)
+    parts = split_pairs_by_source(unique)
+    meta = write_pair_files(parts, out_dir, ("zh", "en"))
+
+    def levels(pairs) -> dict[str, int]:
+        counts = Counter(level_of[p] for p in pairs)
+        return {str(k): counts[k] for k in sorted(counts)}
+
+    for split, part in zip(PAIR_SPLITS, parts):
+        meta[split]["hsk_levels"] = levels(part)
+    sources = Counter(zh for zh, _ in unique)
+    return dict(columns=["zh", "en"], records=len(raw), pairs=len(records),
+                unique=len(unique), duplicates=len(records) - len(unique),
+                sources_with_several_translations=sum(n > 1 for n in sources.values()),
+                hsk_levels=levels(unique), **meta)

@@ -14,6 +14,9 @@ Three kinds of set (``DatasetEntry.content``): ``"text"`` (``train.txt`` / ``val
 pretraining), ``"labelled"`` (``train.tsv`` / ``val.tsv`` / ``test.tsv``, a ``text<TAB>label`` header
 and one example a line; read them with :mod:`lmforge.data.labelled`) and ``"model"`` (a pretrained
 model's files, copied as they are).
+A fourth kind, ``"pairs"`` (sentence pairs for translation), has ``train.tsv`` / ``val.tsv`` /
+``test.tsv`` with a ``source<TAB>target`` header (``zh<TAB>en``), plain tab-separated lines with no
+quoting; read them with :mod:`lmforge.data.pairs`.
 
 How each set is cleaned and split (by sha1 of each line / paragraph / example, so duplicates never
 straddle two splits) lives in :mod:`lmforge.data.corpora`:
@@ -49,6 +52,7 @@ from lmforge.data.corpora import (
     MINILM_FILES,
     MINILM_OPTIONAL,
     prepare_chn_reviews,
+    prepare_hsk_zh_en,
     prepare_minilm,
     prepare_movie_snippets,
     prepare_onnx_model,
@@ -129,6 +133,20 @@ REGISTRY: dict[str, DatasetEntry] = {
             members=("additional_resources/hutto_ICWSM_2014.tar.gz",),
             prepare=prepare_movie_snippets,
             content="labelled",
+        ),
+        DatasetEntry(
+            name="hsk-zh-en",
+            language="zh-en",
+            description="pairs: Chinese -> English sentence pairs graded HSK 1-6: 4,352 unique, split 90/5/5 by the "
+            "Chinese sentence",
+            license="CC-BY-SA-4.0 (hsk-sentences-audio; retain attribution)",
+            package="hsk-sentences-audio",
+            version="1.0.0",
+            sha256="9bf16cc7b48a24a10af83d377439d3c6f7571a380937f4645a1cd1590d5d0335",
+            kind="wheel",
+            members=("hsk_sentences_audio/data/sentences.json",),
+            prepare=prepare_hsk_zh_en,
+            content="pairs",
         ),
         DatasetEntry(
             name="minilm-l6",

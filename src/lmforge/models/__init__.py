@@ -10,10 +10,14 @@ from lmforge.models.bert import BERT, BertForMaskedLM
 from lmforge.models.electra import ElectraForPretraining
 from lmforge.models.gpt import GPT
 from lmforge.models.layers import KVCache
+from lmforge.models.rnn_seq2seq import LSTMSeq2Seq
+from lmforge.models.seq2seq import Seq2SeqTransformer
 
-MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": BertForMaskedLM, "electra": ElectraForPretraining}
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": BertForMaskedLM, "electra": ElectraForPretraining,
+                                      "seq2seq": Seq2SeqTransformer, "lstm_seq2seq": LSTMSeq2Seq}
 
-__all__ = ["BERT", "GPT", "MODELS", "BertForMaskedLM", "ElectraForPretraining", "KVCache", "build"]
+__all__ = ["BERT", "GPT", "MODELS", "BertForMaskedLM", "ElectraForPretraining", "KVCache", "LSTMSeq2Seq",
+           "Seq2SeqTransformer", "build"]
 
 
 def build(cfg: ModelConfig) -> nn.Module:

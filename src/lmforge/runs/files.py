@@ -40,6 +40,7 @@ from lmforge.fileio import (  # noqa: F401 - re-exported
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
+BEST_WEIGHTS = "best.safetensors"  # train.keep_best: the weights of the best evaluation
 TRAIN_STATE = "train_state.safetensors"
 TOKENIZER = "tokenizer.json"
 METRICS = "metrics.jsonl"

@@ -36,10 +36,10 @@ def open_run(config_path, overrides: dict, out, resume, verb: str = "pretrain"):
                             "(fine-tune while compressing with --recover-steps N)")
         from lmforge import tasks
 
-        made_by = "finetune" if tasks.of(cfg).name == "classify" else "pretrain"
+        made_by = {"classify": "finetune", "translate": "train"}.get(tasks.of(cfg).name, "pretrain")
         if made_by != verb:  # the other recipe would read the wrong data and write over this run's files
-            raise UserError(f"--resume {run_dir}: a {'fine-tuning' if made_by == 'finetune' else 'pretraining'} run; "
-                            f"continue it with `lmforge {made_by} --resume {run_dir}`")
+            kind = {"finetune": "fine-tuning", "train": "translation"}.get(made_by, "pretraining")
+            raise UserError(f"--resume {run_dir}: a {kind} run; continue it with `lmforge {made_by} --resume {run_dir}`")
         step = check_train_state(run_dir)
         if not (run_dir / TRAIN_STATE).exists() and (run_dir / WEIGHTS).exists():
             raise UserError(f"{run_dir / TRAIN_STATE}: missing, so {run_dir} cannot be resumed: training would start again "

@@ -5,7 +5,8 @@ A task owns what differs between, say, language modelling and classification:
 - ``build(cfg, tok)``: a fresh model for the run's config: a backbone, with the task's head on it;
 - ``batches(cfg, tok, data)``: the batch source ``fit()`` draws from, given the data the recipe prepared,
   and ``run_batches(cfg, run_dir, tok)``: the same from a finished run's own data (pruning recovery);
-- ``loss(output, target)``, plus ``evaluator`` (or None) and ``val_accuracy`` for ``fit()``;
+- ``loss(output, target)``, plus ``evaluator`` (or None) and ``val_accuracy`` for ``fit()``; ``loss_for(cfg)`` and
+  ``evaluator_for(cfg, tok, data)`` when they depend on the run's settings (translation: label smoothing, BLEU);
 - ``rebuild(cfg, tok, tensors, meta, source, device, base)``: a saved run's model with its weights,
   for the run loader (``base``: the backbone state dict of a run whose weights hold adapters only);
 - ``evaluate(cfg, model, tok, run_dir, data, split, **options) -> dict``: its metrics;
@@ -37,7 +38,7 @@ from lmforge.errors import UserError
 
 # the built-in tasks, imported on first use: name -> module defining it
 BUILTIN = {"lm": "lmforge.tasks.lm", "mlm": "lmforge.tasks.mlm", "rtd": "lmforge.tasks.rtd",
-           "classify": "lmforge.tasks.classify"}
+           "classify": "lmforge.tasks.classify", "translate": "lmforge.tasks.translate"}
 _REGISTRY: dict[str, Task] = {}
 
 
@@ -65,6 +66,15 @@ class Task:
 
     def loss(self, output, target):
         raise NotImplementedError
+
+    def loss_for(self, cfg):
+        """The loss a run of ``cfg`` trains with (a task with settings, such as label smoothing, binds them)."""
+        return self.loss
+
+    def evaluator_for(self, cfg, tok, data):
+        """``fit(evaluator=...)`` for a run of ``cfg`` on ``data`` (what :meth:`batches` got); default the
+        task's fixed :attr:`evaluator` (None: fit() logs the plain validation loss)."""
+        return self.evaluator
 
     def rebuild(self, cfg, tok, tensors: dict, meta: dict, source: str, device, base=None):
         """The run's model with its saved weights (``source`` names the weights file in errors)."""
@@ -128,7 +138,7 @@ def derive(cfg) -> str:
     """
     if cfg.finetune.labels or cfg.model.name == "lstm":
         return "classify"
-    natural = {"gpt": "lm", "bert": "mlm", "electra": "rtd"}
+    natural = {"gpt": "lm", "bert": "mlm", "electra": "rtd", "seq2seq": "translate", "lstm_seq2seq": "translate"}
     if cfg.data.objective not in ("", "auto"):
         return {"clm": "lm", "mlm": "mlm", "rtd": "rtd"}.get(cfg.data.objective, cfg.data.objective)
     return natural.get(cfg.model.name, "lm")

@@ -25,12 +25,19 @@ def check_max_batches(max_batches: int | None) -> None:
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val",
                  max_batches: int | None = None, device: str = "cpu",
-                 text_column: str | None = None, label_column: str | None = None, compile: bool = False) -> dict:
+                 text_column: str | None = None, label_column: str | None = None, compile: bool = False,
+                 source_column: str | None = None, target_column: str | None = None, beam: int | None = None) -> dict:
     """A language model: loss / perplexity on ``split`` of its own token data or of ``data``.
     A classifier: accuracy, precision / recall / F1 and the confusion matrix on ``data`` (default: its own).
+    A translation run: BLEU, chrF (sacrebleu, with the signature) and the loss on ``split`` of its own pairs or of
+    ``data`` (``source_column`` / ``target_column``), decoded with ``beam`` (default the run's translate.beam).
     ``compile``: run the model through ``torch.compile`` (dynamic shapes; pays off for int8 runs, whose
     quantize / rescale passes it fuses, and for large evaluation sets)."""
     check_max_batches(max_batches)
+    if beam is not None:
+        from lmforge.config.fields import check_int
+
+        check_int("--beam", beam, 1, None)
     if data is not None and not data.strip():  # not "the run's own data", and never the current folder
         from lmforge.errors import UserError
 
@@ -39,7 +46,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
     if compile:
         model = torch.compile(model, dynamic=True)
     return tasks.of(cfg).evaluate(cfg, model, tok, run_dir, data, split, max_batches=max_batches, device=device,
-                                  text_column=text_column, label_column=label_column)
+                                  text_column=text_column, label_column=label_column,
+                                  **({} if source_column is None else {"source_column": source_column}),
+                                  **({} if target_column is None else {"target_column": target_column}),
+                                  **({} if beam is None else {"beam": beam}))
 
 
 def predict_texts(run_dir: str | Path, texts: list[str], input_file: str | None = None, text_column: str = "text",

@@ -34,10 +34,9 @@ from lmforge.errors import UserError
 from lmforge.runs import files as ckpt
 from lmforge.training import distributed
 from lmforge.training.ema import EMA
+from lmforge.training.evaluation import LossFn, evaluate_loss
 from lmforge.training.optim import build_optimizer, lr_at, set_lr
 from lmforge.training.stopping import StopRequest
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class BatchSource(Protocol):
@@ -65,31 +64,6 @@ def _progress(total: int, initial: int, enabled: bool):
         mininterval=0.5 if sys.stderr.isatty() else 10.0,
         file=sys.stderr,
     )
-
-
-@torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, batches: Iterable, loss_fn: LossFn, device, dtype: str, info,
-                  with_accuracy: bool = False):
-    """Mean loss over the evaluation batches (sharded over ranks, summed with all-reduce); with
-    ``with_accuracy`` also the share of argmax(logits) == y, from the same forward passes: (loss, acc)."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(3, dtype=torch.float64)  # loss * n, n, right
-    for i, (x, y) in enumerate(batches):
-        if i % info.world_size != info.rank:
-            continue
-        with autocast_context(device, dtype):
-            logits = call(model, to_device(x, device))
-        y = y.to(device)
-        n = y.numel()
-        right = (logits.argmax(-1) == y).sum().item() if with_accuracy else 0
-        total += torch.tensor([loss_fn(logits, y).double().item() * n, n, right], dtype=torch.float64)
-    distributed.all_reduce_sum(total, info)
-    model.train(was_training)
-    loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
-    if with_accuracy:
-        return loss, (total[2] / total[1]).item() if total[1] > 0 else float("nan")
-    return loss
 
 
 def fit(
@@ -176,6 +150,7 @@ class _Run:
         self.ema: EMA | None = None
         self.net: torch.nn.Module = model  # what the steps run: the model, or its DDP / compiled wrapper
         self.last_saved = 0  # the step of the last checkpoint (0: none yet)
+        self.best: float | None = None  # train.keep_best: the best validation figure so far
 
     # -- before the loop -------------------------------------------------------------------------------
 
@@ -218,6 +193,11 @@ class _Run:
         wrapped for DDP and ``torch.compile`` as configured."""
         if self.info.is_main:
             ckpt.truncate_metrics(self.run_dir, self.start)
+        if self.cfg.keep_best:  # the best figure so far, from the evaluations the checkpoint kept
+            key = "loss" if self.cfg.keep_best == "loss" else self.cfg.keep_best
+            seen = [r[key] for r in ckpt.read_metrics(self.run_dir) if r.get("split") == "val" and key in r
+                    and r["step"] <= self.start]
+            self.best = (min(seen) if key == "loss" else max(seen)) if seen else None
         if self.info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -339,13 +319,33 @@ class _Run:
                                                         cfg.dtype, info, with_accuracy=True)
             else:
                 val = evaluate_loss(self.model, batches.eval_batches(), self.loss_fn, device, cfg.dtype, info)
+            best = self._keep_best(done, val, record)
         summary = self.summary
         summary.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)), **{f"val_{k}": v for k, v in record.items()})
         if info.is_main:
             ckpt.append_metrics(self.run_dir, {"step": done, "split": "val", "loss": val, "ppl": summary["val_ppl"], **record})
             extra = "".join(f", val {k.replace('_', ' ')} {v:.4f}" for k, v in record.items()) \
                 if record else f", val ppl {summary['val_ppl']:.2f}"
-            self.bar.write(f"step {done}: train loss {train_loss:.4f}, val loss {val:.4f}{extra}", file=sys.stderr)
+            self.bar.write(f"step {done}: train loss {train_loss:.4f}, val loss {val:.4f}{extra}{' (best)' if best else ''}",
+                           file=sys.stderr)
+
+    def _keep_best(self, done: int, val: float, record: dict) -> bool:
+        """With ``train.keep_best``: write best.safetensors when this evaluation's figure beats every earlier
+        one of the run (lowest loss; highest accuracy / bleu / chrf). Returns whether it did."""
+        name = self.cfg.keep_best
+        if not name:
+            return False
+        value = val if name == "loss" else record.get(name)
+        if value is None:
+            raise UserError(f"train.keep_best: {name!r} is not a validation figure of this task (it reports loss"
+                            f"{''.join(', ' + k for k in record)})")
+        better = self.best is None or (value < self.best if name == "loss" else value > self.best)
+        if better and math.isfinite(value):
+            self.best = value
+            if self.info.is_main:
+                ckpt.save_weights(self.run_dir / ckpt.BEST_WEIGHTS, self.model, {"step": str(done), name: str(value)})
+            return True
+        return False
 
     def save(self, step: int) -> None:
         """The checkpoint after ``step``: the training state (live weights, optimizer, counters, every

@@ -127,7 +127,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     - ``cosine``: half-cosine from lr down to ``lr * min_lr_ratio`` at ``max_steps``;
     - ``constant``: lr;
     - ``step``: lr * gamma ** (steps after warmup // step_size);
-    - ``cosine_restarts``: the cosine repeated every ``restart_period`` steps (SGDR).
+    - ``cosine_restarts``: the cosine repeated every ``restart_period`` steps (SGDR);
+    - ``inverse_sqrt``: lr * sqrt(warmup_steps / (step + 1)), the Transformer paper's decay (fairseq's
+      ``inverse_sqrt``), continuous with the warmup.
 
     >>> cfg = TrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.0)
     >>> [round(lr_at(s, cfg), 3) for s in (0, 9, 10, 60, 110)]
@@ -141,6 +143,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr
     if cfg.schedule == "step":
         return cfg.lr * cfg.gamma ** (t // cfg.step_size)
+    if cfg.schedule == "inverse_sqrt":
+        return cfg.lr * math.sqrt(max(1, cfg.warmup_steps) / (step + 1))
     if cfg.schedule == "cosine":
         span = max(1, cfg.max_steps - cfg.warmup_steps)
         frac = min(1.0, t / span)

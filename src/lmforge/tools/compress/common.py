@@ -26,7 +26,7 @@ def training_data(cfg, src: Path, tok):
     from lmforge import tasks
 
     task = tasks.of(cfg)
-    return task.run_batches(cfg, src, tok), task.loss
+    return task.run_batches(cfg, src, tok), task.loss_for(cfg)
 
 
 def check_measure_args(max_batches, repeats) -> None:

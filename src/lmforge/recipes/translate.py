@@ -1,0 +1,146 @@
+"""The translation recipe: sentence pairs -> tokenizer(s) -> encoder-decoder -> ``fit()``, in a run dir.
+
+Stages, each skipped when its product is already in the run dir (so ``--resume`` after a kill at any
+stage continues): config.yaml; ``data/{train,val[,test]}.tsv`` (the pairs the run trains and validates
+on, after the length / ratio filters: a snapshot, so a resume or ``evaluate --split`` reads exactly these);
+tokenizer.json (+ source_tokenizer.json with ``translate.tokenizer: separate``); then checkpoints.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from lmforge import tasks
+from lmforge.config import RunConfig, save_config
+from lmforge.devices import resolve_device
+from lmforge.errors import UserError
+from lmforge.fileio import atomic_write_text
+from lmforge.runs import files as ckpt
+from lmforge.tasks.translate import SOURCE_TOKENIZER, SPLITS, run_pairs
+from lmforge.tokenizer import Tokenizer, train_tokenizer
+from lmforge.training import distributed
+from lmforge.training.loop import fit
+
+
+def _source_pairs(cfg: RunConfig) -> dict:
+    """{split: Pairs} of ``translate.data``: a registered set's own splits, or a file split by hash of the source."""
+    from lmforge.data.pairs import load_pairs, split_pairs
+    from lmforge.data.registry import is_registered
+
+    t = cfg.translate
+    if is_registered(t.data):
+        return {s: load_pairs(t.data, s, t.source_column, t.target_column, tsv_quoting=t.tsv_quoting) for s in SPLITS}
+    pairs = load_pairs(t.data, "train", t.source_column, t.target_column, tsv_quoting=t.tsv_quoting)
+    return split_pairs(pairs, t.val_fraction, t.test_fraction)
+
+
+def _write_pairs(path: Path, pairs) -> None:
+    from lmforge.data.corpora import clean_pair_side  # a .csv field may hold a tab or a newline
+
+    rows = ["source\ttarget"] + [f"{clean_pair_side(s)}\t{clean_pair_side(t)}" for s, t in zip(pairs.sources, pairs.targets)]
+    atomic_write_text(path, "\n".join(rows) + "\n")
+
+
+def _tokenizers(cfg: RunConfig, run_dir: Path, train) -> tuple[Tokenizer, Tokenizer]:
+    """(target tokenizer, source tokenizer): the run's own, else trained on the training pairs (or data.tokenizer)."""
+    tok_path, src_path = run_dir / ckpt.TOKENIZER, run_dir / SOURCE_TOKENIZER
+    separate = cfg.translate.tokenizer == "separate"
+    if not tok_path.exists():
+        if cfg.data.tokenizer:
+            tok = Tokenizer.load(cfg.data.tokenizer)
+        else:
+            texts = list(train.targets) if separate else list(train.sources) + list(train.targets)
+            print(f"training a {cfg.data.vocab_size}-token BPE tokenizer on the {'target side' if separate else 'pairs'} ...",
+                  flush=True)
+            tok = train_tokenizer(texts, cfg.data.vocab_size)
+        tok.save(tok_path)
+    if separate and not src_path.exists():
+        train_tokenizer(list(train.sources), cfg.data.vocab_size).save(src_path)
+    tok = Tokenizer.load(tok_path)
+    return tok, (Tokenizer.load(src_path) if separate else tok)
+
+
+def _prepare(cfg: RunConfig, run_dir: Path) -> None:
+    """The pair snapshot (filtered) and the tokenizer(s) into the run dir, each skipped if already there."""
+    from lmforge.data.pairs import check_lengths, filter_pairs
+
+    data_dir = run_dir / "data"
+    if not (data_dir / "val.tsv").exists():
+        splits = _source_pairs(cfg)
+        if not len(splits.get("train", ())) or not len(splits.get("val", ())):
+            raise UserError(f"translate.data {cfg.translate.data}: needs training and validation pairs (got "
+                            f"{', '.join(f'{k} {len(v)}' for k, v in splits.items())}); give more pairs or a larger "
+                            "translate.val_fraction")
+        tok, src_tok = _tokenizers(cfg, run_dir, splits["train"])
+        t = cfg.translate
+        count_src, count_tgt = (lambda s: len(src_tok.encode(s))), (lambda s: len(tok.encode(s)))
+        if t.filter_max_tokens or t.filter_ratio:
+            splits["train"], dropped = filter_pairs(splits["train"], t.filter_max_tokens, t.filter_ratio, count_src, count_tgt)
+            if dropped:
+                print(f"filters: dropped {dropped} training pairs", flush=True)
+        for name, pairs in splits.items():
+            cut = check_lengths(pairs, cfg.model.block_size, cfg.model.block_size - 1, count_src, count_tgt, t.too_long)
+            if cut:
+                warnings.warn(f"{pairs.source}: {cut} {name} pairs are longer than model.block_size "
+                              f"({cfg.model.block_size} tokens) and are truncated (translate.too_long=refuse refuses them)")
+        data_dir.mkdir(exist_ok=True)
+        for name in ("test", "train", "val"):  # val.tsv last: its presence says the snapshot is complete
+            if name in splits and len(splits[name]):
+                _write_pairs(data_dir / f"{name}.tsv", splits[name])
+    _tokenizers(cfg, run_dir, run_pairs(cfg, run_dir, "train"))
+
+
+def train_translation(cfg: RunConfig, run_dir: Path, resuming: bool, progress: bool = True) -> dict:
+    """Start (config.yaml written by the caller's checks) or continue a translation run; fit()'s summary."""
+    if not resuming and not cfg.translate.data:
+        raise UserError("translate.data: no sentence pairs given (set it in the recipe or pass --translate.data NAME|FILE)")
+    if cfg.model.name not in ("seq2seq", "lstm_seq2seq"):
+        raise UserError(f"model.name: task translate trains seq2seq or lstm_seq2seq models, not {cfg.model.name!r}")
+    info = distributed.init(resolve_device(cfg.train.device).type)
+    existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
+    clean = False
+    try:
+        if not resuming:
+            distributed.barrier(info)
+            distributed.main_first(info, lambda: (run_dir.mkdir(parents=True, exist_ok=True),
+                                                  ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))))
+        summary = _train(cfg, run_dir, resuming, info, progress)
+        clean = True
+        return summary
+    except Exception:  # bad data or config before the first checkpoint: leave no half-made run behind
+        if not resuming and info.is_main and not (run_dir / ckpt.TRAIN_STATE).exists():
+            ckpt.discard_new_files(run_dir, existed)
+        raise
+    finally:
+        distributed.shutdown(info, clean)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) -> dict:
+    distributed.main_first(info, lambda: _prepare(cfg, run_dir))
+    tok, src_tok = _tokenizers(cfg, run_dir, None) if (run_dir / ckpt.TOKENIZER).exists() else (None, None)
+    cfg.model.vocab_size = cfg.model.vocab_size or tok.vocab_size
+    if cfg.translate.tokenizer == "separate":
+        cfg.model.source_vocab_size = cfg.model.source_vocab_size or src_tok.vocab_size
+    for name, need, have in (("vocab_size", tok.vocab_size, cfg.model.vocab_size),
+                             ("source_vocab_size", src_tok.vocab_size, cfg.model.source_vocab_size or cfg.model.vocab_size)):
+        if have < need:
+            raise UserError(f"model.{name} ({have}) is smaller than the tokenizer's ({need}); use 0 to take the tokenizer's")
+
+    def record_config() -> None:  # a resume's overrides are recorded once its checkpoint has loaded
+        ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))
+        ckpt.clean_stale_temps(run_dir)
+
+    if not resuming:
+        distributed.main_first(info, record_config)
+    task = tasks.get("translate")
+    data = (run_pairs(cfg, run_dir, "train"), run_pairs(cfg, run_dir, "val"), src_tok)
+    torch.manual_seed(cfg.train.seed)
+    model = task.build(cfg, tok)
+    summary = fit(model, task.batches(cfg, tok, data), cfg.train, run_dir, loss_fn=task.loss_for(cfg), info=info,
+                  progress=progress, evaluator=task.evaluator_for(cfg, tok, data),
+                  on_restored=(lambda: distributed.main_first(info, record_config)) if resuming else None)
+    summary.update(run_dir=str(run_dir), params=sum(p.numel() for p in model.parameters()), is_main=info.is_main)
+    return summary
