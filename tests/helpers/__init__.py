@@ -65,6 +65,36 @@ def make_labelled(path: Path, n: int = 240, seed: int = 0) -> Path:
     return path
 
 
+LEXICON = {"我": "I", "你": "you", "他": "he", "喜欢": "like", "看": "see", "吃": "eat", "猫": "cats", "狗": "dogs",
+           "书": "books", "米饭": "rice", "今天": "today", "明天": "tomorrow", "北京": "Beijing", "去": "go to"}
+RECIPE = """task: translate
+model: {name: %(name)s, n_layer: 1, decoder_layers: 1, n_head: 2, n_embd: 32, block_size: 32}
+data: {vocab_size: 300}
+translate: {data: %(data)s, source_column: zh, target_column: en, eval_sentences: 16, beam: 2, batch_tokens: %(bt)d}
+train: {max_steps: %(steps)d, batch_size: 16, lr: 1.0e-2, warmup_steps: 5, schedule: inverse_sqrt, eval_interval: 20,
+        save_interval: 10, log_interval: 5, keep_best: bleu}
+"""
+
+
+def make_pairs(path: Path, n: int = 300, seed: int = 0) -> Path:
+    """zh<TAB>en pairs: word-for-word translations of random 2-5 word sentences (learnable in a few steps)."""
+    rng = random.Random(seed)
+    words = list(LEXICON)
+    rows = ["zh\ten"]
+    for _ in range(n):
+        ws = [rng.choice(words) for _ in range(rng.randint(2, 5))]
+        rows.append("".join(ws) + "。\t" + " ".join(LEXICON[w] for w in ws) + " .")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def translation_recipe(folder, data, name="seq2seq", steps=40, bt=0) -> str:
+    """A tiny translation recipe file (task translate, 1 + 1 blocks, width 32) on the pair file ``data``."""
+    path = folder / f"{name}-{steps}-{bt}.yaml"
+    path.write_text(RECIPE % {"name": name, "data": data, "steps": steps, "bt": bt}, encoding="utf-8")
+    return str(path)
+
+
 def pretrain_argv(corpus: Path, out: Path, *extra: str) -> list[str]:
     """``lmforge pretrain`` of the tiny GPT recipe on ``corpus`` into ``out``, one thread; ``extra`` flags last."""
     return ["pretrain", "--config", TINY, "--data.path", str(corpus), "--train.num_threads=1", "--out", str(out), *extra]

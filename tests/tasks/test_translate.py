@@ -5,11 +5,10 @@ the bad inputs of the issue (one line, exit 2, nothing saved damaged)."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
-from helpers import TINY, make_corpus, tree_digest
+from helpers import TINY, make_corpus, make_pairs, translation_recipe, tree_digest
 from safetensors.torch import load_file
 
 from lmforge.__main__ import main
@@ -17,40 +16,11 @@ from lmforge.recipes.train import train
 
 pytest.importorskip("sacrebleu")
 
-LEXICON = {"我": "I", "你": "you", "他": "he", "喜欢": "like", "看": "see", "吃": "eat", "猫": "cats", "狗": "dogs",
-           "书": "books", "米饭": "rice", "今天": "today", "明天": "tomorrow", "北京": "Beijing", "去": "go to"}
-RECIPE = """task: translate
-model: {name: %(name)s, n_layer: 1, decoder_layers: 1, n_head: 2, n_embd: 32, block_size: 32}
-data: {vocab_size: 300}
-translate: {data: %(data)s, source_column: zh, target_column: en, eval_sentences: 16, beam: 2, batch_tokens: %(bt)d}
-train: {max_steps: %(steps)d, batch_size: 16, lr: 1.0e-2, warmup_steps: 5, schedule: inverse_sqrt, eval_interval: 20,
-        save_interval: 10, log_interval: 5, keep_best: bleu}
-"""
-
-
-def make_pairs(path, n=300, seed=0):
-    """zh<TAB>en pairs: word-for-word translations of random 2-5 word sentences (learnable in a few steps)."""
-    rng = random.Random(seed)
-    words = list(LEXICON)
-    rows = ["zh\ten"]
-    for _ in range(n):
-        ws = [rng.choice(words) for _ in range(rng.randint(2, 5))]
-        rows.append("".join(ws) + "。\t" + " ".join(LEXICON[w] for w in ws) + " .")
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
-def recipe(folder, data, name="seq2seq", steps=40, bt=0):
-    path = folder / f"{name}-{steps}-{bt}.yaml"
-    path.write_text(RECIPE % {"name": name, "data": data, "steps": steps, "bt": bt}, encoding="utf-8")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("translate")
     data = make_pairs(tmp / "pairs.tsv")
-    summary = train(recipe(tmp, data), out=tmp / "run", progress=False)
+    summary = train(translation_recipe(tmp, data), out=tmp / "run", progress=False)
     return tmp, data, summary
 
 
@@ -71,7 +41,7 @@ def test_train_writes_a_translation_run_that_learns(trained):
 
 def test_resume_is_exact(trained, tmp_path):
     tmp, data, _ = trained
-    short = recipe(tmp_path, data, steps=20)
+    short = translation_recipe(tmp_path, data, steps=20)
     train(short, out=tmp_path / "r", progress=False)
     train(resume=tmp_path / "r", overrides={"train.max_steps": "40"}, progress=False)
     a, b = load_file(tmp / "run" / "model.safetensors"), load_file(tmp_path / "r" / "model.safetensors")
@@ -98,7 +68,7 @@ def test_translate_and_evaluate(trained, tmp_path, capsys):
 
 def test_lstm_baseline_and_token_batches_train_through_the_same_task(trained, tmp_path):
     _, data, _ = trained
-    s = train(recipe(tmp_path, data, name="lstm_seq2seq", steps=20, bt=400), out=tmp_path / "lstm", progress=False)
+    s = train(translation_recipe(tmp_path, data, name="lstm_seq2seq", steps=20, bt=400), out=tmp_path / "lstm", progress=False)
     assert s["steps"] == 20 and s["val_loss"] < 6 and "val_bleu" in s
 
 
@@ -124,15 +94,15 @@ def test_bad_inputs(trained, tmp_path, capsys):
     one_line(capsys, ["translate", run], "no text given")
     one_line(capsys, ["evaluate", run, "--split", "test"], "no test pairs")
     (tmp_path / "one.tsv").write_text("zh\n我\n", encoding="utf-8")
-    one_line(capsys, ["train", "--config", recipe(tmp_path, tmp_path / "one.tsv"), "--out", str(tmp_path / "o")],
+    one_line(capsys, ["train", "--config", translation_recipe(tmp_path, tmp_path / "one.tsv"), "--out", str(tmp_path / "o")],
              "one.tsv:1: no column 'en'")
     (tmp_path / "empty.tsv").write_text("zh\ten\n我\t\n", encoding="utf-8")
-    one_line(capsys, ["train", "--config", recipe(tmp_path, tmp_path / "empty.tsv"), "--out", str(tmp_path / "o")],
+    one_line(capsys, ["train", "--config", translation_recipe(tmp_path, tmp_path / "empty.tsv"), "--out", str(tmp_path / "o")],
              "empty.tsv:2: empty target")
     long = make_pairs(tmp_path / "long.tsv")
     with open(long, "a", encoding="utf-8") as f:
         f.write("我" * 80 + "。\tI .\n")
-    one_line(capsys, ["train", "--config", recipe(tmp_path, long), "--translate.too_long=refuse", "--out", str(tmp_path / "o")],
+    one_line(capsys, ["train", "--config", translation_recipe(tmp_path, long), "--translate.too_long=refuse", "--out", str(tmp_path / "o")],
              "long.tsv:302: source has")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     lm = tmp_path / "lm"
