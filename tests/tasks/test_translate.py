@@ -102,7 +102,8 @@ def test_bad_inputs(trained, tmp_path, capsys):
     long = make_pairs(tmp_path / "long.tsv")
     with open(long, "a", encoding="utf-8") as f:
         f.write("我" * 80 + "。\tI .\n")
-    one_line(capsys, ["train", "--config", translation_recipe(tmp_path, long), "--translate.too_long=refuse", "--out", str(tmp_path / "o")],
+    one_line(capsys, ["train", "--config", translation_recipe(tmp_path, long), "--translate.too_long=refuse",
+                      "--out", str(tmp_path / "o")],
              "long.tsv:302: source has")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     lm = tmp_path / "lm"
