@@ -79,3 +79,21 @@ def test_the_vocab_size_check_spares_runs_with_their_own_tokenizer():
     with pytest.raises(UserError, match="model.vocab_size"):
         apply_overrides(RunConfig(), {"model.vocab_size": "260"})
     assert apply_overrides(RunConfig(), {"model.vocab_size": "261"}).model.vocab_size == 261
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(name="gpt", decoder_layers=2), "model.decoder_layers: only for model.name=seq2seq"),
+    (dict(name="bert", source_vocab_size=500), "model.source_vocab_size: only for"),
+    (dict(name="seq2seq", attention="bahdanau"), "model.attention: bahdanau is only for model.name=lstm_seq2seq"),
+    (dict(name="seq2seq", n_layer=2, layer_n_head="2,1"), "model.layer_n_head: per-block sizes"),
+    (dict(name="lstm_seq2seq", n_embd=33, n_head=1), "model.n_embd: lstm_seq2seq needs an even width"),
+    (dict(name="lstm_seq2seq", norm_first=True), "model.norm_first: only for"),
+    (dict(name="lstm_seq2seq", pos_emb="rope"), "model.pos_emb: rope is only for"),
+])
+def test_seq2seq_fields_are_checked_where_declared(kw, needle):
+    from lmforge.config import ModelConfig
+    from lmforge.errors import UserError
+
+    with pytest.raises(UserError, match=needle):
+        ModelConfig(**kw)
+    assert ModelConfig(name="lstm_seq2seq", attention="bahdanau", decoder_layers=2).n_decoder_layers == 2

@@ -24,8 +24,8 @@ class ModelConfig:
     n_embd: int = F(64, "embedding / residual width")
     dropout: float = F(0.0, "dropout probability (embeddings, attention output, MLP)")
     bias: bool = F(True, "use biases in Linear and LayerNorm layers (GPT-2 does)")
-    pos_emb: str = F("learned", "position embeddings: learned | sinusoidal | rope (gpt, bert, electra: rotary, on q "
-                                "and k in every attention layer; no position table)")
+    pos_emb: str = F("learned", "position embeddings: learned | sinusoidal | rope (gpt, bert, electra, seq2seq: "
+                                "rotary, on q and k of every self-attention layer; no position table)")
     rope_theta: float = F(10000.0, "rope: base of the rotary frequencies")
     norm: str = F("layernorm", "gpt: normalization layers: layernorm | rmsnorm (a gain, no bias)")
     mlp: str = F("gelu", "gpt: MLP: gelu | swiglu (silu(gate) * up; default width round(8/3 * n_embd) rounded up to "
@@ -76,6 +76,22 @@ class ModelConfig:
             raise UserError(f"model.pos_emb: rope needs an even head size (model.n_embd / model.n_head), got {self.head_size}")
         for k in ("layer_n_head", "layer_n_inner"):
             _per_layer(k, getattr(self, k), self.n_layer)
+        self._check_seq2seq()
+
+    def _check_seq2seq(self) -> None:
+        """The fields only an encoder-decoder reads, and what it cannot take (each a UserError naming the field)."""
+        seq2seq = self.name in ("seq2seq", "lstm_seq2seq")
+        if not seq2seq and (self.decoder_layers or self.source_vocab_size):
+            field = "decoder_layers" if self.decoder_layers else "source_vocab_size"
+            raise UserError(f"model.{field}: only for model.name=seq2seq or lstm_seq2seq, not {self.name}")
+        if self.attention != "luong" and self.name != "lstm_seq2seq":
+            raise UserError(f"model.attention: {self.attention} is only for model.name=lstm_seq2seq, not {self.name}")
+        if seq2seq and (self.layer_n_head or self.layer_n_inner):
+            raise UserError(f"model.{'layer_n_head' if self.layer_n_head else 'layer_n_inner'}: per-block sizes (structured "
+                            f"pruning) are not supported for model.name={self.name}")
+        if self.name == "lstm_seq2seq" and self.n_embd % 2:
+            raise UserError(f"model.n_embd: lstm_seq2seq needs an even width (two encoder directions of n_embd / 2), "
+                            f"got {self.n_embd}")
 
     @property
     def n_decoder_layers(self) -> int:
