@@ -160,3 +160,13 @@ def test_error_audit_samples_then_summarises_a_classifiers_errors(bench, tmp_pat
     bad.write_text(lines[0] + "\n" + "\t".join([*rows[0][:3], "maybe", rows[0][4]]) + "\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"bad.tsv:2: category 'maybe'"):
         audit.main(["summary", str(bad), str(run), "--split", "val"])
+
+
+def test_translate_smoke(bench, capsys):
+    pytest.importorskip("sacrebleu")
+    out = bench("translate").main(["--smoke", "--threads", "1"])
+    assert last_json(capsys) == out
+    assert COMMON <= out.keys() and out["benchmark"] == "translate"
+    for side in ("lmforge", "marian"):
+        assert out[side] and all(p["seconds"] > 0 and 0 <= p["bleu"] <= 100 for p in out[side])
+    assert out["lmforge"][-1]["seconds"] >= out["budget_s"] - 1 and out["test_sentences"] > 0

@@ -97,6 +97,11 @@ def train_translation(cfg: RunConfig, run_dir: Path, resuming: bool, progress: b
     """Start (config.yaml written by the caller's checks) or continue a translation run; fit()'s summary."""
     if not resuming and not cfg.translate.data:
         raise UserError("translate.data: no sentence pairs given (set it in the recipe or pass --translate.data NAME|FILE)")
+    if cfg.train.keep_best in ("bleu", "chrf") and not cfg.translate.eval_sentences:
+        raise UserError(f"train.keep_best: {cfg.train.keep_best} needs validation BLEU: set translate.eval_sentences > 0 "
+                        "(or keep_best: loss)")
+    if cfg.train.keep_best == "accuracy":
+        raise UserError("train.keep_best: accuracy is a classifier's figure; a translation run keeps bleu, chrf or loss")
     if cfg.model.name not in ("seq2seq", "lstm_seq2seq"):
         raise UserError(f"model.name: task translate trains seq2seq or lstm_seq2seq models, not {cfg.model.name!r}")
     info = distributed.init(resolve_device(cfg.train.device).type)
