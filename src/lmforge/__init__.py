@@ -10,6 +10,8 @@ The Python API is what the CLI calls; each verb is one function here, imported o
     lmforge.tools.evaluate("runs/clf", data="test.tsv")          # accuracy, P / R / F1, confusion
     lmforge.predict("runs/clf", ["a gorgeous, witty film"])  # [(label, probability, text)]
     cfg, model, tokenizer = lmforge.load_run("runs/clf")     # the model itself, in eval mode
+    lmforge.train("configs/translate-zh-en.yaml", out="runs/zh-en")  # any task's recipe
+    lmforge.translate("runs/zh-en", ["我们明天去北京。"], beam=5)       # ["..."]
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from lmforge.errors import UserError  # noqa: E402,F401
 _API = {
     "pretrain": ("lmforge.recipes.pretrain", "pretrain"),
     "finetune": ("lmforge.recipes.finetune", "finetune"),
+    "train": ("lmforge.recipes.train", "train"),
+    "translate": ("lmforge.tools.translate", "translate_run"),
     "evaluate": ("lmforge.tools.evaluate", "evaluate_run"),
     "predict": ("lmforge.tools.evaluate", "predict_texts"),
     "generate": ("lmforge.tools.generate", "complete"),
