@@ -41,7 +41,8 @@ def write_run(folder: Path, cfg: RunConfig, tok, tensors: dict, meta: dict | Non
 
 def make_runs(folder: Path, names: dict[str, str] | None = None) -> dict[str, Path]:
     """Random-weight run dirs: a GPT LM ("lm"), its int8 ("lm-int8") and head-pruned ("lm-heads") copies,
-    GPT / BERT / LSTM classifiers and an int8 GPT classifier (``CLASSIFIERS``). ``names`` renames folders."""
+    GPT / BERT / LSTM classifiers and an int8 GPT classifier (``CLASSIFIERS``), and a seq2seq translation
+    model ("translate", joint vocabulary). ``names`` renames folders."""
     from lmforge.models import build
     from lmforge.models.quantize import int8_state_dict, quantize_int8
     from lmforge.tasks.classify import build_classifier
@@ -78,6 +79,8 @@ def make_runs(folder: Path, names: dict[str, str] | None = None) -> dict[str, Pa
             cq = copy.deepcopy(cfg)
             cq.compress.quantize = "int8"
             add("clf-int8", cq, int8_state_dict(*quantize_int8(copy.deepcopy(clf))), {"lmforge": "int8"})
+    tr_cfg = RunConfig(task="translate", model=ModelConfig(name="seq2seq", vocab_size=V, decoder_layers=1, **LM_CFG))
+    add("translate", tr_cfg, build(tr_cfg.model).eval().state_dict())
     return runs
 
 

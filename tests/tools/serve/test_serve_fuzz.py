@@ -232,7 +232,7 @@ def test_schema_bodies_never_get_a_500(clients, models):
     app = clients["open"].app
     spec = app.openapi()
     defs = spec["components"]["schemas"]
-    kinds = {"/v1/completions": "completion", "/v1/classify": "classification"}
+    kinds = {"/v1/completions": "completion", "/v1/classify": "classification", "/v1/translate": "translation"}
     posts = [(path, from_schema(body, defs, ([i for i, sm in models.items() if sm.kind == kinds[path]], list(models)),
                                 mode))
              for m, path, body in endpoints(app) if m == "POST" for mode in MODES]

@@ -42,6 +42,7 @@ from lmforge.tools.compress.common import (
 )
 
 METHODS = ("int8", "prune")
+SOURCE_TOKENIZER = "source_tokenizer.json"  # lmforge.tasks.translate.SOURCE_TOKENIZER
 STRUCTURES = ("heads", "neurons")
 
 
@@ -93,6 +94,7 @@ def compress(run_dir: str | Path, method: str, out: str | Path, sparsity: float 
     if cfg.compress.quantize:
         raise UserError(f"{src}: already {cfg.compress.quantize}-quantized; compress its source run instead "
                         f"({cfg.compress.source or 'unknown'})")
+    _check_task(src, cfg, method, structured, recover_steps)
     if structured and cfg.model.name == "lstm":
         raise UserError(f"--structured {structured}: {src} is an LSTM, which has no attention heads or MLP neurons; "
                         "omit --structured for unstructured pruning")
@@ -102,6 +104,20 @@ def compress(run_dir: str | Path, method: str, out: str | Path, sparsity: float 
                           gradual, recover_distill)
 
     return build_run(src, out, write, data, split, max_batches, repeats)
+
+
+def _check_task(src: Path, cfg, method: str, structured, recover_steps) -> None:
+    """What a translation run (an encoder-decoder) does not take: structured pruning, a recovery."""
+    from lmforge.tools.compress.translation import is_translation
+
+    if method != "prune" or not is_translation(cfg):
+        return
+    if structured:
+        raise UserError(f"--structured {structured}: not supported for {src}, a translation run ({cfg.model.name}); "
+                        "omit --structured for unstructured pruning, or use --method int8")
+    if recover_steps:
+        raise UserError(f"--recover-steps: not supported for {src}, a translation run ({cfg.model.name}); "
+                        "prune it without a recovery (--recover-steps 0), or use --method int8")
 
 
 def run(method: str, run_dir: str | Path | None = None, *, out: str | Path, teacher: str | Path | None = None,
@@ -183,7 +199,8 @@ def _write_run(tmp: Path, src: Path, cfg, model, tok, method, sparsity, structur
             lr = recover_lr if recover_lr is not None else cfg.train.lr / 10  # it starts near a trained optimum
             s = prune.recover(model, cfg, src, tok, recover_steps, lr, tmp, masks, progress, teacher=teacher)
             details["recovery"] = {"steps": recover_steps, "lr": lr, "gradual": gradual, "distill": teacher is not None,
-                                   **{k: s[k] for k in ("train_loss", "val_loss", "val_accuracy", "seconds") if s.get(k) is not None}}
+                                   **{k: s[k] for k in ("train_loss", "val_loss", "val_accuracy", "seconds")
+                                      if s.get(k) is not None}}
         if masks is not None:
             masks = masks.masks if isinstance(masks, prune.GradualMasks) else masks
             zeros, total = prune.sparsity_of(prune.prunable(model))
@@ -194,6 +211,8 @@ def _write_run(tmp: Path, src: Path, cfg, model, tok, method, sparsity, structur
         tensors, meta = model.state_dict(), {"lmforge": "pruned"}
     ckpt.atomic_write_text(tmp / ckpt.CONFIG, save_config(new))
     shutil.copy2(src / ckpt.TOKENIZER, tmp / ckpt.TOKENIZER)
+    if (src / SOURCE_TOKENIZER).is_file():  # a translation run with translate.tokenizer: separate
+        shutil.copy2(src / SOURCE_TOKENIZER, tmp / SOURCE_TOKENIZER)
     ckpt.save_tensors(tmp / ckpt.WEIGHTS, tensors, meta)
     if not cfg.finetune.labels and (src / "data").is_dir():  # `lmforge evaluate` reads an LM run's own shards
         shutil.copytree(src / "data", tmp / "data", copy_function=link_or_copy)

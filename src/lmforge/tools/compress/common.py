@@ -119,8 +119,11 @@ def metric(run_dir: Path, shown: Path, cfg, data, split, max_batches, heldout: P
 
     if heldout is not None:
         data, split = str(heldout), "val"
+    from lmforge.tools.compress.translation import METRIC_KEYS, is_translation
+
     r = evaluate_run(run_dir, data=data, split=split, max_batches=max_batches)
-    keys = ("accuracy", "macro_f1", "examples") if cfg.finetune.labels else ("loss", "perplexity", "tokens")
+    keys = ("accuracy", "macro_f1", "examples") if cfg.finetune.labels else \
+        METRIC_KEYS if is_translation(cfg) else ("loss", "perplexity", "tokens")
     m = {k: r[k] for k in keys if k in r}
     m["data"] = r["data"].replace(str(run_dir), str(shown)) if heldout is None else \
         f"{cfg.finetune.data} (the held-out tenth that finetune validated on)"
@@ -153,13 +156,18 @@ def measure(src: Path, new: Path, out: Path, data, split, max_batches, repeats: 
     cfg, orig, tok = loader.load_run(src)
     orig = plain_model(orig, cfg)
     new_cfg, comp, _ = loader.load_run(new)
-    labels = bool(cfg.finetune.labels)
+    from lmforge.tools.compress import translation
+
+    labels, seq2seq = bool(cfg.finetune.labels), translation.is_translation(cfg)
     T = min(128, max_tokens(cfg), max_tokens(new_cfg))  # a distilled student may take shorter inputs
     ids = torch.randint(0, tok.vocab_size, (32, T), generator=torch.Generator().manual_seed(0))  # (32, T)
     args = {b: (ids[:b], torch.ones_like(ids[:b])) if labels else (ids[:b],) for b in (1, 32)}
+    kwargs = translation.forward_args(tok, T) if seq2seq else {1: {}, 32: {}}
+    if seq2seq:
+        args = {1: (), 32: ()}
     res: dict[str, dict] = {"original": {}, "compressed": {}}
     for b in (1, 32):
-        t = median_ms([lambda m=m, x=args[b]: m(*x) for m in (orig, comp)], repeats)
+        t = median_ms([lambda m=m, x=args[b], kw=kwargs[b]: m(*x, **kw) for m in (orig, comp)], repeats)
         for r, ms in zip(res.values(), t):
             r[f"latency_ms_b{b}"] = ms
             if b == 32:
@@ -171,6 +179,8 @@ def measure(src: Path, new: Path, out: Path, data, split, max_batches, repeats: 
         decode = [lambda m=m: list(generate(m, list(range(8)), n, temperature=0)) for m in (orig, comp)]
         for r, ms in zip(res.values(), median_ms(decode, max(1, repeats // 3), warmup=1)):
             r["decode_ms_per_token_b1"] = round(ms / n, 3)
+    if seq2seq:
+        translation.decode_figures(src, cfg, tok, orig, comp, repeats, res, median_ms)
     scratch = new / ".scratch"  # inside the temporary run dir, removed before it is renamed
     scratch.mkdir()
     try:
@@ -196,7 +206,7 @@ def measure(src: Path, new: Path, out: Path, data, split, max_batches, repeats: 
 def markdown(r: dict) -> str:
     """compression.md: a header and two rows (the original, the compressed run)."""
     m = r["metric"]
-    names = ["accuracy", "macro_f1"] if "accuracy" in m else ["loss", "perplexity"]
+    names = ["accuracy", "macro_f1"] if "accuracy" in m else ["bleu", "chrf", "loss"] if "bleu" in m else ["loss", "perplexity"]
     head = ["model", "size (MB)", "params (nonzero)", "latency b1 (ms)", "latency b32 (ms)", *names]
     what = r["method"] + (f" {r['pruned']['structured'] or 'unstructured'} {r['sparsity']:.2f}" if "pruned" in r else "")
     if "student" in r:  # distill: the student's shape
@@ -213,7 +223,7 @@ def markdown(r: dict) -> str:
 def summary_line(r: dict) -> str:
     """One line for the CLI: size, speed and metric against the original."""
     d, m, o = r["delta"], r["metric"], r["original"]["metric"]
-    k = "accuracy" if "accuracy" in m else "perplexity"
+    k = "accuracy" if "accuracy" in m else "bleu" if "bleu" in m else "perplexity"
     return (f"{r['run_dir']}: {r['method']}, {r['size_mb']:.3f} MB ({d['size_ratio']:.2f}x smaller), "
             f"params {r['params']:,} ({r['params_nonzero']:,} nonzero), latency b1 {r['latency_ms_b1']:.2f} ms "
             f"({d['speedup_b1']:.2f}x), b32 {r['latency_ms_b32']:.1f} ms ({d['speedup_b32']:.2f}x), "

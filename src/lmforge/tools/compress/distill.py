@@ -313,7 +313,8 @@ def _build_student(cfg, tok) -> nn.Module:
     if cfg.finetune.labels:
         from lmforge.tasks.classify import build_classifier
 
-        return build_classifier(cfg.model, cfg.finetune, len(cfg.finetune.label_names), tok.pad_id if tok.pad_id is not None else 0)
+        return build_classifier(cfg.model, cfg.finetune, len(cfg.finetune.label_names),
+                                tok.pad_id if tok.pad_id is not None else 0)
     from lmforge.models import build
 
     return build(cfg.model)
@@ -349,7 +350,8 @@ def _train(tmp: Path, src: Path, teacher: nn.Module, tok, cfg, progress: bool) -
         shutil.copytree(src / "data", tmp / "data", copy_function=link_or_copy)
     m = cfg.model
     shape = {"model": m.name, "n_layer": m.n_layer, "n_embd": m.n_embd,
-             **({"max_length": cfg.finetune.max_length} if labels else {}), **({} if m.name == "lstm" else {"block_size": m.block_size})}
+             **({"max_length": cfg.finetune.max_length} if labels else {}),
+             **({} if m.name == "lstm" else {"block_size": m.block_size})}
     training = {k: s.get(k) for k in ("steps", "seconds", "train_loss", "val_loss", "val_accuracy") if s.get(k) is not None}
     return {"student": shape, "distill": dataclasses.asdict(d), "projection": proj is not None,
             "training": {**training, "teacher_outputs_seconds": batches.cache_seconds}}

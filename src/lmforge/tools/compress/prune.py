@@ -167,7 +167,8 @@ def prune_structured(model: nn.Module, what: str, sparsity: float) -> tuple[list
     total = sum(len(s) for s in scores)
     n_remove = min(round(sparsity * total), total - len(layers))
     if n_remove < 1:
-        raise UserError(f"--sparsity {sparsity}: removes none of the {total} {what} (one per block stays); give a larger sparsity")
+        raise UserError(f"--sparsity {sparsity}: removes none of the {total} {what} (one per block stays); "
+                        "give a larger sparsity")
     keep = _select(scores, n_remove)
     for m, k in zip(layers, keep):
         (_shrink_attention if what == "heads" else _shrink_mlp)(m, k)

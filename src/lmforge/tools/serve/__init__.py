@@ -7,9 +7,11 @@ Endpoints (see ``/docs`` for the schema, ``/openapi.json`` for the machine-reada
 - ``POST /v1/completions``: OpenAI's legacy completions API (``prompt``, ``max_tokens``, ``temperature``,
   ``top_p``, ``stop``, ``seed``, ``n``, ``stream``), for GPT language models.
 - ``POST /v1/classify``: ``{"model", "input": [texts]}`` -> each text's label and the probability of every label.
+- ``POST /v1/translate``: ``{"model", "input": [texts], "beam"}`` -> each text's translation (translation runs).
 
 Module map: ``registry`` (check and load run dirs), ``app`` (routes), ``completion`` (generation in
-worker threads, SSE), ``batching`` (classify requests grouped into forward passes), ``limits``
+worker threads, SSE), ``batching`` (classify requests grouped into forward passes), ``translation``
+(``/v1/translate``: requests grouped into batched decoding), ``limits``
 (limits, API key, the JSON error shape), ``schemas`` (request / response bodies), ``protocol``
 (uvicorn's HTTP/1.1 connection plus a header deadline and a connection cap).
 FastAPI, uvicorn and fastapi-offline (the /docs assets) are the ``serve`` extra: ``pip install -e '.[serve]'``.

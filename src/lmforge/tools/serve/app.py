@@ -24,8 +24,8 @@ from starlette.exceptions import HTTPException
 
 from lmforge.tools.serve import completion as C
 from lmforge.tools.serve.batching import ClassifyBatcher
-from lmforge.tools.serve.limits import APIError, Guard, Limits, error_body
-from lmforge.tools.serve.registry import ServedModel
+from lmforge.tools.serve.limits import APIError, Guard, Limits, deadline, error_body
+from lmforge.tools.serve.registry import ServedModel, served
 from lmforge.tools.serve.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -35,6 +35,7 @@ from lmforge.tools.serve.schemas import (
     ModelCard,
     ModelList,
 )
+from lmforge.tools.serve.translation import add_translate_route, translate_batchers
 
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 408, 413, 422, 503)}
 UNION_FIELDS = {"prompt": "a string, a list of strings, a list of token ids or a list of such lists",
@@ -46,7 +47,8 @@ DOCS_ASSETS = "/docs/assets"
 def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api_key: str | None = None,
                batching: bool = True, batch_window_ms: float = 5.0, max_batch: int = 32,
                workers: int | None = None) -> FastAPI:
-    """The app serving ``models`` ({id: ServedModel}); ``workers`` threads run generation, as many run classification."""
+    """The app serving ``models`` ({id: ServedModel}); ``workers`` threads run generation, as many run classification
+    and as many translation."""
     from lmforge.tools.serve.limits import check_api_key
 
     limits = limits or Limits()
@@ -54,23 +56,26 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
     workers = workers or min(4, os.cpu_count() or 1)
     gen_pool = ThreadPoolExecutor(workers, thread_name_prefix="lmforge-generate")
     clf_pool = ThreadPoolExecutor(workers, thread_name_prefix="lmforge-classify")
+    trn_pool = ThreadPoolExecutor(workers, thread_name_prefix="lmforge-translate")
     batchers = {i: ClassifyBatcher(m.model, m.tok.pad_id if m.tok.pad_id is not None else 0, clf_pool,
                                    batch_window_ms / 1e3, max_batch, batching, parallel=workers)
                 for i, m in models.items() if m.kind == "classification"}
+    translators = translate_batchers(models, trn_pool, batch_window_ms / 1e3, max_batch, batching, workers)
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        for b in batchers.values():
+        for b in (*batchers.values(), *translators.values()):
             b.close()
-        for pool in (gen_pool, clf_pool):
+        for pool in (gen_pool, clf_pool, trn_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="lmforge serve", version=__import__("lmforge").__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # added by _add_docs: local assets, no CDN
-                  description="OpenAI-compatible completions and a classify endpoint for lmforge run dirs. "
+                  description="OpenAI-compatible completions, and classify and translate endpoints, for lmforge run dirs. "
                               "Errors are `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`.")
     app.state.models, app.state.batchers, app.state.limits = models, batchers, limits
+    app.state.translators = translators
     app.add_middleware(Guard, limits=limits, api_key=api_key)
     secured = [Depends(HTTPBearer(auto_error=False))] if api_key else []  # documents the key; Guard checks it
     _add_error_handlers(app)
@@ -80,23 +85,8 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
     _add_model_routes(app, secured)
     _add_completion_route(app, secured, gen_pool)
     _add_classify_route(app, secured)
+    add_translate_route(app, secured, ERRORS)
     return app
-
-
-def served(models: dict[str, ServedModel], model_id: str, kind: str) -> ServedModel:
-    """The served model ``model_id`` of ``kind`` ("completion" or "classification"), else a 404 / 400 APIError."""
-    sm = models.get(model_id)
-    if sm is None:
-        raise APIError(404, f"model {model_id!r} not found (served: {', '.join(models)})", "model_not_found", "model")
-    if sm.kind != kind:
-        other = "/v1/classify" if sm.kind == "classification" else "/v1/completions"
-        raise APIError(400, f"model {model_id!r} is a {sm.kind} model; use {other}", "wrong_model_kind", "model")
-    return sm
-
-
-def deadline(request: Request, limits: Limits) -> float:
-    """When the request must be answered: its arrival (stamped by Guard) plus the server's timeout."""
-    return request.scope.get("lmforge.t0", time.monotonic()) + limits.timeout_s
 
 
 def _add_health_routes(app: FastAPI) -> None:

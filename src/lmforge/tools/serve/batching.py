@@ -1,15 +1,16 @@
-"""Dynamic batching of classify requests: concurrent requests share one forward pass.
+"""Dynamic batching of classify (and translate) requests: concurrent requests share one forward pass
+(one batched decoding for translations, :mod:`lmforge.tools.serve.translation`).
 
-A request's texts (already token ids) wait in a queue. A collector takes the first waiting request,
-waits until ``window_s`` after its arrival or until ``max_batch`` texts are waiting, whichever comes
-first, and hands all waiting texts (up to ``max_batch``) to a worker thread as one padded forward
-pass; each request then gets its rows. A request that arrives alone, with no pass running, goes at
-once: waiting only pays when other requests are around (so one client at a time sees no window). Up to ``parallel`` passes run at once (one per worker
-thread, so every core is used); when all are busy the collector waits for one to finish while new
-requests pile up, so under load batches fill without waiting for the window. A request with more
-than ``max_batch`` texts runs alone, in chunks of ``max_batch``. A request that timed out in the
-queue is dropped before its batch runs. With batching off (``lmforge serve --no-batching``), each
-request runs its own forward pass in the worker pool.
+A request's texts (already token ids) wait in a queue. A collector takes the first waiting request, waits
+until ``window_s`` after its arrival or until ``max_batch`` texts are waiting, whichever comes first, and
+hands all waiting texts (up to ``max_batch``) to a worker thread as one padded forward pass; each request then
+gets its rows. A request that arrives alone, with no pass running, goes at once: waiting only pays when other
+requests are around (so one client at a time sees no window). Up to ``parallel`` passes run at once (one per
+worker thread, so every core is used); when all are busy the collector waits for one to finish while new
+requests pile up, so under load batches fill without waiting for the window. A request with more than
+``max_batch`` texts runs alone, in chunks of ``max_batch``. A request that timed out in the queue is dropped
+before its batch runs. With batching off (``lmforge serve --no-batching``), each request runs its own forward
+pass in the worker pool.
 """
 
 from __future__ import annotations
@@ -33,15 +34,17 @@ def classify_rows(model: torch.nn.Module, rows: list[list[int]], pad_id: int, ma
     return torch.cat(out)
 
 
-class ClassifyBatcher:
-    """``await batcher.submit(rows)`` -> their probabilities (len(rows), num_labels).
+class Batcher:
+    """``await batcher.submit(rows)`` -> ``run(all rows of a batch)`` sliced to the request's rows.
 
-    ``stats`` counts forward passes (``batches``), requests and rows, and the most requests seen in one pass.
+    ``run`` (called in ``pool``) takes a list of rows and returns a sequence (a tensor, a list) with one
+    item per row, in order. ``stats`` counts passes (``batches``), requests and rows, and the most requests
+    seen in one pass.
     """
 
-    def __init__(self, model: torch.nn.Module, pad_id: int, pool: Executor, window_s: float = 0.005,
-                 max_batch: int = 32, batching: bool = True, parallel: int = 1):
-        self.model, self.pad_id, self.pool = model, pad_id, pool
+    def __init__(self, run, pool: Executor, window_s: float = 0.005, max_batch: int = 32, batching: bool = True,
+                 parallel: int = 1):
+        self.fn, self.pool = run, pool
         self.window_s, self.max_batch, self.batching, self.parallel = window_s, max_batch, batching, parallel
         self.stats = {"batches": 0, "requests": 0, "rows": 0, "max_requests_per_batch": 0}
         self._pending: deque = deque()  # (rows, future, arrival time)
@@ -51,11 +54,11 @@ class ClassifyBatcher:
         self._running: set[asyncio.Task] = set()
         self._rows = 0  # rows waiting in _pending
 
-    def _forward(self, rows: list[list[int]]) -> torch.Tensor:
-        return classify_rows(self.model, rows, self.pad_id, self.max_batch)
+    def _forward(self, rows: list):
+        return self.fn(rows)
 
-    async def submit(self, rows: list[list[int]], timeout_s: float = float("inf")) -> torch.Tensor:
-        """Probabilities of ``rows``; asyncio.TimeoutError after ``timeout_s`` (the rows are then dropped
+    async def submit(self, rows: list, timeout_s: float = float("inf")):
+        """The results of ``rows``; asyncio.TimeoutError after ``timeout_s`` (the rows are then dropped
         if their batch has not started)."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -140,6 +143,19 @@ class ClassifyBatcher:
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+
+class ClassifyBatcher(Batcher):
+    """``await batcher.submit(rows)`` -> their probabilities (len(rows), num_labels): token-id rows through
+    padded forward passes of ``model``."""
+
+    def __init__(self, model: torch.nn.Module, pad_id: int, pool: Executor, window_s: float = 0.005,
+                 max_batch: int = 32, batching: bool = True, parallel: int = 1):
+        self.model, self.pad_id = model, pad_id
+        super().__init__(self._classify, pool, window_s, max_batch, batching, parallel)
+
+    def _classify(self, rows: list[list[int]]) -> torch.Tensor:
+        return classify_rows(self.model, rows, self.pad_id, self.max_batch)
 
 
 def _fail(fut: asyncio.Future, exc: BaseException) -> None:

@@ -6,13 +6,14 @@ Every error the server sends has OpenAI's shape, ``{"error": {"message", "type",
  400   ``invalid_json``           the body is not JSON
  400   ``prompt_too_long``        a prompt has more than ``max_prompt_tokens`` tokens
  400   ``unsupported_parameter``  echo, logprobs, suffix, best_of > 1, penalties, logit_bias
- 400   ``wrong_model_kind``       completions on a classifier, or classify on a language model
+ 400   ``wrong_model_kind``       a model of another kind than the endpoint's (completions on a classifier,
+                                  classify on a language model, translate on either ...)
  401   ``invalid_api_key``        ``--api-key`` is set and the Bearer key is missing or wrong
  404   ``model_not_found``        no served model has that id (and unknown paths: ``not_found``)
  408   ``timeout``                the request took longer than ``timeout_s`` (body upload included), or
                                   its line and headers took longer than ``header_timeout_s`` (then closed)
  413   ``body_too_large``         the body exceeds ``max_body_bytes``
- 422   ``invalid_value``          wrong types or values, ``max_tokens`` above the cap, too many inputs
+ 422   ``invalid_value``          wrong types or values, ``max_tokens`` or ``beam`` above the cap, too many inputs
  503   ``overloaded``             more than ``max_concurrent`` requests in flight, or more than
                                   ``max_connections`` connections open (retry later)
 =====  =========================  ==================================================================
@@ -45,7 +46,9 @@ class Limits:
     max_body_bytes: int = _limit(1 << 20, "--max-body-bytes", "larger request bodies get 413 (default 1 MiB)")
     max_prompt_tokens: int = _limit(1024, "--max-prompt-tokens", "longer prompts get 400 (default 1024)")
     max_completion_tokens: int = _limit(512, "--max-completion-tokens", "a larger max_tokens gets 422 (default 512)")
-    max_inputs: int = _limit(64, "--max-inputs", "classify texts, or prompts x n, per request; more get 422 (default 64)")
+    max_inputs: int = _limit(64, "--max-inputs", "classify or translate texts, or prompts x n, per request; more get "
+                             "422 (default 64)")
+    max_beam: int = _limit(8, "--max-beam", "the largest beam a translate request may ask for; more get 422 (default 8)")
     timeout_s: float = _limit(30.0, "--timeout", "seconds per request, upload included; then 408 (default 30)")
     max_concurrent: int = _limit(256, "--max-concurrent", "requests in flight; more get 503 (default 256)")
     header_timeout_s: float = _limit(10.0, "--header-timeout", "seconds for a request's line and headers to arrive; "
@@ -78,6 +81,11 @@ def option_specs() -> list[tuple[str, type, str, Any, str]]:
     ('max_body_bytes', <class 'int'>, '--max-body-bytes', 1048576, 'larger request bodies get 413 (default 1 MiB)')
     """
     return [(f.name, _TYPES_OF[f.type], f.metadata["flag"], f.default, f.metadata["help"]) for f in fields(Limits)]
+
+
+def deadline(request, limits: Limits) -> float:
+    """When the request must be answered: its arrival (stamped by Guard) plus the server's timeout."""
+    return request.scope.get("lmforge.t0", time.monotonic()) + limits.timeout_s
 
 
 class APIError(Exception):

@@ -3,8 +3,9 @@
 A model's id is its run dir's folder name (``runs/tour`` -> ``tour``). When two run dirs share a
 folder name, each of those is named by its path as given instead (``runs/a/lm``, ``runs/b/lm``);
 the same run dir given twice is an error. GPT language models serve ``/v1/completions``; fine-tuned
-classifiers (GPT, BERT-encoder or LSTM, int8 / pruned / LoRA alike) serve ``/v1/classify``; a BERT
-masked-LM run serves neither and is refused.
+classifiers (GPT, BERT-encoder or LSTM, int8 / pruned / LoRA alike) serve ``/v1/classify``; translation
+runs (seq2seq or lstm_seq2seq, int8 alike) serve ``/v1/translate``; a BERT masked-LM run serves none and
+is refused.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from lmforge import tasks
 from lmforge.errors import UserError
 from lmforge.runs import files as ckpt
 from lmforge.runs import loader
+from lmforge.tools.serve.limits import APIError
 
+ENDPOINTS = {"completion": "/v1/completions", "classification": "/v1/classify", "translation": "/v1/translate"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
 
@@ -25,13 +28,14 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 class ServedModel:
     id: str
     run_dir: Path
-    kind: str  # "completion" (a GPT LM) | "classification"
+    kind: str  # "completion" (a GPT LM) | "classification" | "translation"
     cfg: object
     model: object
     tok: object
     labels: list[str] = field(default_factory=list)
     max_length: int = 0  # classify: inputs are truncated to this many tokens; completion: the context window
     created: int = 0
+    src_tok: object = None  # translation: the source side's tokenizer (``tok`` for a joint vocabulary)
 
     def describe(self) -> dict:
         """The OpenAI model object, plus what a client needs to call it."""
@@ -41,7 +45,21 @@ class ServedModel:
             out["compression"] = self.cfg.compress.quantize or f"pruned {self.cfg.compress.structured or 'unstructured'}"
         if self.labels:
             out["labels"] = self.labels
+        if self.kind == "translation":
+            out["beam"] = self.cfg.translate.beam
         return out
+
+
+def served(models: dict[str, ServedModel], model_id: str, kind: str) -> ServedModel:
+    """The served model ``model_id`` of ``kind`` ("completion", "classification" or "translation"), else a 404 /
+    400 APIError."""
+    sm = models.get(model_id)
+    if sm is None:
+        raise APIError(404, f"model {model_id!r} not found (served: {', '.join(models)})", "model_not_found", "model")
+    if sm.kind != kind:
+        other = ENDPOINTS.get(sm.kind, "another endpoint")
+        raise APIError(400, f"model {model_id!r} is a {sm.kind} model; use {other}", "wrong_model_kind", "model")
+    return sm
 
 
 def _pickle_kind(path: Path) -> str | None:
@@ -94,6 +112,12 @@ def load_model(run_dir: str | Path, model_id: str) -> ServedModel:
     if task == "classify":
         max_len = cfg.classifier_max_length
         return ServedModel(model_id, run_dir, "classification", cfg, model, tok, cfg.finetune.label_names, max_len, created)
+    if task == "translate":
+        from lmforge.tasks.translate import source_tokenizer
+
+        src_tok = source_tokenizer(cfg, run_dir, tok)
+        return ServedModel(model_id, run_dir, "translation", cfg, model, tok, [], cfg.model.block_size, created,
+                           src_tok)
     if task != "lm":
         raise UserError(f"{run_dir}: a {cfg.model.name} pretraining run has nothing to serve (completions need a GPT "
                         "language model, classify a fine-tuned classifier)")

@@ -111,6 +111,29 @@ class ClassifyResponse(BaseModel):
     usage: ClassifyUsage
 
 
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: Text = Field(description="a served translation model id (GET /v1/models)")
+    input: Union[Text, list[Text]] = Field(description="a text or a list of texts (source sentences); each is "
+                                           "truncated to the model's context_length tokens; a blank one gives \"\"")
+    beam: Optional[StrictInt] = Field(None, ge=1, description="1 = greedy, more = beam search with that many "
+                                      "hypotheses (default the run's translate.beam; capped by the server)")
+
+
+class TranslateResult(BaseModel):
+    object: Literal["translation"] = "translation"
+    index: int
+    text: str = Field(description="the translation")
+
+
+class TranslateResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[TranslateResult]
+    usage: Usage
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -118,11 +141,12 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    kind: Literal["completion", "classification"]
+    kind: Literal["completion", "classification", "translation"]
     family: str
     context_length: int
     labels: Optional[list[str]] = None
     compression: Optional[str] = None
+    beam: Optional[int] = Field(None, description="translation: the default beam width")
 
 
 class ModelList(BaseModel):
