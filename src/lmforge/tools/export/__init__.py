@@ -14,6 +14,12 @@ What each model of a run becomes (inputs and logits are int64 / float32; B and T
     GPT classifier, last token  input_ids, attention_mask -> (B, L)        GPT2ForSequenceClassification
     other classifiers, LSTM     input_ids, attention_mask -> (B, L)        none: a one-line UserError
     (a GPT classifier with ``cls`` pooling ignores the mask, so its graph takes input_ids only)
+    seq2seq (translation)       encoder.onnx + decoder.onnx (one step,     MarianMTModel, only for layouts Marian
+                                past K / V in, present out): see .seq2seq  expresses (lmforge.hf.marian.not_in_marian)
+    lstm_seq2seq                none yet: a one-line UserError             none: a one-line UserError
+
+The package: this module (dispatch, GPT / BERT / classifiers), :mod:`.common` (tolerance, opset, helpers),
+:mod:`.seq2seq` (translation runs).
 
 Both formats are checked before anything appears at DIR: the exported model (onnxruntime, or
 ``transformers.AutoModel*.from_pretrained`` on the written folder) and the PyTorch model see the
@@ -29,11 +35,9 @@ rejects (that one matches on GPT / BERT too, given onnxscript). Models are expor
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
@@ -44,12 +48,15 @@ from lmforge.errors import UserError
 from lmforge.fileio import WriteError, temp_dir_beside
 from lmforge.runs.files import CONFIG, TOKENIZER, atomic_write_text
 from lmforge.runs.loader import load_run, require_run_dir
+from lmforge.tools.export.common import OPSET, TOLERANCE
+from lmforge.tools.export.common import native_stderr_silenced as _native_stderr_silenced
+from lmforge.tools.export.common import need as _need
+from lmforge.tools.export.common import write_hf_tokenizer as _write_hf_tokenizer
 
 FORMATS = ("onnx", "hf")
-TOLERANCE = 1e-4  # max |logit difference| allowed between the export and PyTorch (float32)
-OPSET = 17  # ONNX opset: native LayerNormalization; SDPA exports from 14 on
 HF_CLASSES = {"gpt-lm": "GPT2LMHeadModel", "bert-mlm": "BertForMaskedLM", "gpt-classifier": "GPT2ForSequenceClassification"}
-_AUTO = {"gpt-lm": "AutoModelForCausalLM", "bert-mlm": "AutoModelForMaskedLM", "gpt-classifier": "AutoModelForSequenceClassification"}
+_AUTO = {"gpt-lm": "AutoModelForCausalLM", "bert-mlm": "AutoModelForMaskedLM",
+         "gpt-classifier": "AutoModelForSequenceClassification"}
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
@@ -66,12 +73,15 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
 
     model = merge_lora(model).eval()
     kind = model_kind(model)
+    if kind == "lstm-seq2seq" and fmt == "onnx":
+        raise UserError(f"{run_dir}: ONNX export of an lstm_seq2seq translation model is not supported yet "
+                        "(only model.name=seq2seq)")
     if fmt == "hf":
         check_hf(kind, cfg, model, tok)  # before anything is written
     made = next((p for p in reversed(out.absolute().parents) if not p.exists()), None)  # the first folder we create
     tmp = temp_dir_beside(out)
     try:
-        info = (_write_onnx if fmt == "onnx" else _write_hf)(tmp, run_dir, cfg, model, tok, kind)
+        info = _writer(fmt, kind)(tmp, run_dir, cfg, model, tok, kind)
         info = {"format": fmt, "source": str(run_dir), "model": kind, **info}
         atomic_write_text(tmp / "export.json", json.dumps(info, indent=2) + "\n")
         os.replace(tmp, out)  # out is absent or an empty folder: one rename
@@ -87,13 +97,27 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
     return info
 
 
+def _writer(fmt: str, kind: str):
+    if kind == "seq2seq":
+        from lmforge.tools.export import seq2seq as export_seq2seq
+
+        return export_seq2seq.write_onnx if fmt == "onnx" else export_seq2seq.write_marian
+    return _write_onnx if fmt == "onnx" else _write_hf
+
+
 def model_kind(model: nn.Module) -> str:
-    """gpt-lm | bert-mlm | gpt-classifier | bert-classifier | lstm-classifier."""
+    """gpt-lm | bert-mlm | gpt-classifier | bert-classifier | lstm-classifier | seq2seq | lstm-seq2seq."""
     from lmforge.models.bert import BertForMaskedLM
     from lmforge.models.classifier import SequenceClassifier
     from lmforge.models.gpt import GPT
     from lmforge.models.lstm import LSTMClassifier
+    from lmforge.models.rnn_seq2seq import LSTMSeq2Seq
+    from lmforge.models.seq2seq import Seq2SeqTransformer
 
+    if isinstance(model, Seq2SeqTransformer):
+        return "seq2seq"
+    if isinstance(model, LSTMSeq2Seq):
+        return "lstm-seq2seq"
     if isinstance(model, GPT):
         return "gpt-lm"
     if isinstance(model, BertForMaskedLM):
@@ -157,28 +181,6 @@ class _Logits(nn.Module):
         return self.model(input_ids, attention_mask) if self.mask else self.model(input_ids)
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Point fd 2 at /dev/null for a while: C++ warnings bypass Python's ``warnings`` (the parity check
-    below, not the exporter's shape-inference notes, is what tells whether the graph is right)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _need(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise UserError(f"lmforge export needs the package {module!r}: pip install 'lmforge[export]'") from None
-
-
 # ----------------------------------------------------------------------------- ONNX
 def _write_onnx(tmp: Path, run_dir: Path, cfg, model: nn.Module, tok, kind: str) -> dict:
     onnx, ort = _need("onnx"), _need("onnxruntime")
@@ -196,7 +198,8 @@ def _write_onnx(tmp: Path, run_dir: Path, cfg, model: nn.Module, tok, kind: str)
         except OSError as e:  # a full disk, a file too large: the user's --out is what could not be written
             raise WriteError(path, e) from None
         except Exception as e:  # noqa: BLE001 - report the exporter's reason in one line
-            raise UserError(f"ONNX export of the {kind} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UserError(f"ONNX export of the {kind} failed: {type(e).__name__}: {first}") from None
     model.eval()  # the exporter restores the wrapper's previous mode
     onnx.checker.check_model(str(path))
     opts = ort.SessionOptions()
@@ -217,7 +220,15 @@ def check_hf(kind: str, cfg, model: nn.Module, tok) -> None:
     from lmforge.hf.gpt2 import not_in_gpt2
 
     why = None
-    if kind == "lstm-classifier":
+    if kind == "seq2seq":
+        from lmforge.hf.marian import not_in_marian
+
+        if why := not_in_marian(cfg.model, tok):  # "model.norm_first: true cannot be exported as MarianMTModel (...)"
+            raise UserError(f"{why}; use --format onnx")
+        return
+    if kind == "lstm-seq2seq":
+        why = "an LSTM encoder-decoder has no Hugging Face transformers class"
+    elif kind == "lstm-classifier":
         why = "an LSTM classifier has no Hugging Face transformers class"
     elif kind == "bert-classifier":
         what = {"cls": "raw [CLS] vector", "mean": "mean of the hidden states"}.get(model.pooling, f"{model.pooling} pooling")
@@ -274,25 +285,6 @@ def _write_hf(tmp: Path, run_dir: Path, cfg, model: nn.Module, tok, kind: str) -
     check = parity(lambda feed: reloaded(**feed).logits, model, names, cfg, pad, f"Hugging Face ({HF_CLASSES[kind]})")
     info = {"hf_class": HF_CLASSES[kind], "inputs": names, **check, "runtime": f"transformers {transformers.__version__}"}
     if kind == "gpt-classifier":
-        info["note"] = "the head's bias is folded into transformer.ln_f.bias (score has none): equal logits, shifted last hidden states"
+        info["note"] = ("the head's bias is folded into transformer.ln_f.bias (score has none): equal logits, "
+                        "shifted last hidden states")
     return info
-
-
-def _write_hf_tokenizer(folder: Path, tok, classifier: bool, max_length: int) -> None:
-    """tokenizer.json plus the two small files ``AutoTokenizer`` (transformers 4 and 5) reads.
-
-    A classifier's texts are framed ``bos ... eos`` by lmforge (``encode(add_special_tokens=True)``);
-    when the tokenizer has no template of its own, one is added so ``tokenizer(texts)`` frames them alike.
-    """
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import processors
-
-    hf = HFTokenizer.from_str(tok.to_json())
-    if classifier and hf.post_processor is None and tok.bos_id is not None and tok.eos_id is not None:
-        bos, eos = hf.id_to_token(tok.bos_id), hf.id_to_token(tok.eos_id)
-        hf.post_processor = processors.TemplateProcessing(single=f"{bos} $A {eos}", special_tokens=[(bos, tok.bos_id), (eos, tok.eos_id)])
-    hf.save(str(folder / TOKENIZER))
-    roles = {f"{r}_token": hf.id_to_token(i) for r in ("bos", "eos", "pad", "unk", "mask") if (i := getattr(tok, f"{r}_id")) is not None}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length, "clean_up_tokenization_spaces": False, **roles}
-    for name, obj in (("tokenizer_config.json", config), ("special_tokens_map.json", roles)):
-        atomic_write_text(folder / name, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
