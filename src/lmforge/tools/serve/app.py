@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 
 from lmforge.tools.serve import completion as C
 from lmforge.tools.serve.batching import ClassifyBatcher
-from lmforge.tools.serve.limits import APIError, Guard, Limits, deadline, error_body
+from lmforge.tools.serve.limits import APIError, Guard, Limits, deadline, error_body, input_texts
 from lmforge.tools.serve.registry import ServedModel, served
 from lmforge.tools.serve.schemas import (
     ClassifyRequest,
@@ -150,12 +150,7 @@ def _add_classify_route(app: FastAPI, secured: list) -> None:
         from lmforge.data.batches import encode_texts
 
         sm = served(models, body.model, "classification")
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts:
-            raise APIError(422, "input: expected at least one text", "invalid_value", "input")
-        if len(texts) > limits.max_inputs:
-            raise APIError(422, f"input: {len(texts)} texts, the limit is {limits.max_inputs} per request",
-                           "invalid_value", "input")
+        texts = input_texts(body, limits)
         rows = encode_texts(sm.tok, texts, sm.max_length)
         try:
             probs = await batchers[sm.id].submit(rows, deadline(request, limits) - time.monotonic())

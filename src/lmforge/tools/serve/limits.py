@@ -97,6 +97,17 @@ class APIError(Exception):
         self.type = type_ or _TYPES.get(status, "invalid_request_error")
 
 
+def input_texts(body, limits: Limits) -> list[str]:
+    """A classify / translate request's ``input`` as a list: at least one text, at most ``limits.max_inputs``."""
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise APIError(422, "input: expected at least one text", "invalid_value", "input")
+    if len(texts) > limits.max_inputs:
+        raise APIError(422, f"input: {len(texts)} texts, the limit is {limits.max_inputs} per request",
+                       "invalid_value", "input")
+    return texts
+
+
 _TYPES = {401: "authentication_error", 404: "not_found_error", 408: "timeout_error", 413: "invalid_request_error",
           503: "server_error", 500: "server_error"}
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from lmforge.tools.serve.batching import Batcher
-from lmforge.tools.serve.limits import APIError, deadline
+from lmforge.tools.serve.limits import APIError, deadline, input_texts
 from lmforge.tools.serve.registry import served
 from lmforge.tools.serve.schemas import TranslateRequest, TranslateResponse
 
@@ -83,12 +83,7 @@ def add_translate_route(app: FastAPI, secured: list, errors: dict) -> None:
         from lmforge.tasks.translate import encode_side
 
         sm = served(models, body.model, "translation")
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts:
-            raise APIError(422, "input: expected at least one text", "invalid_value", "input")
-        if len(texts) > limits.max_inputs:
-            raise APIError(422, f"input: {len(texts)} texts, the limit is {limits.max_inputs} per request",
-                           "invalid_value", "input")
+        texts = input_texts(body, limits)
         beam = min(sm.cfg.translate.beam, limits.max_beam) if body.beam is None else body.beam
         if beam > limits.max_beam:
             raise APIError(422, f"beam: {beam} is above this server's limit of {limits.max_beam}", "invalid_value", "beam")
