@@ -106,12 +106,6 @@ class LSTMSeq2Seq(nn.Module):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise UserError("model.vocab_size is 0: set it (or take it from the tokenizer) before building the model")
-        if cfg.n_embd % 2:
-            raise UserError(f"model.n_embd: lstm_seq2seq needs an even width (n_embd // 2 per encoder direction), "
-                            f"got {cfg.n_embd}")
-        for k in ("layer_n_head", "layer_n_inner"):
-            if getattr(cfg, k):
-                raise UserError(f"model.{k}: structured pruning is only for gpt, bert and electra, not {cfg.name}")
         self.cfg = cfg
         C, L, p = cfg.n_embd, cfg.n_decoder_layers, cfg.dropout
         self.wte = nn.Embedding(cfg.vocab_size, C)

@@ -124,9 +124,6 @@ class Seq2SeqTransformer(nn.Module):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise UserError("model.vocab_size is 0: set it (or take it from the tokenizer) before building the model")
-        for k in ("layer_n_head", "layer_n_inner"):
-            if getattr(cfg, k):
-                raise UserError(f"model.{k}: structured pruning is only for gpt, bert and electra, not {cfg.name}")
         self.cfg = cfg
         C, learned = cfg.n_embd, cfg.pos_emb == "learned"
         self.wte = nn.Embedding(cfg.vocab_size, C)

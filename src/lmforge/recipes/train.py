@@ -28,7 +28,7 @@ def task_of_recipe(config_path, overrides: dict, resume) -> str:
         cfg = loader.read_run_config(loader.require_run_dir(resume))
     else:
         cfg = load_config(config_path, overrides) if config_path else apply_overrides(RunConfig(), overrides)
-    name = overrides.get("task", cfg.task) or tasks.derive(cfg)
+    name = cfg.task or tasks.derive(cfg)
     tasks.get(name)  # an unknown task is a one-line error naming the known ones
     if name not in RECIPE_OF:
         raise UserError(f"task: {name!r} has no training recipe in lmforge (recipes: {', '.join(sorted(RECIPE_OF))})")

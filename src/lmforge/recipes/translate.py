@@ -90,7 +90,9 @@ def _prepare(cfg: RunConfig, run_dir: Path) -> None:
         for name in ("test", "train", "val"):  # val.tsv last: its presence says the snapshot is complete
             if name in splits and len(splits[name]):
                 _write_pairs(data_dir / f"{name}.tsv", splits[name])
-    _tokenizers(cfg, run_dir, run_pairs(cfg, run_dir, "train"))
+    if not (run_dir / ckpt.TOKENIZER).exists() or (cfg.translate.tokenizer == "separate"
+                                                   and not (run_dir / SOURCE_TOKENIZER).exists()):
+        _tokenizers(cfg, run_dir, run_pairs(cfg, run_dir, "train"))  # a kill came between the snapshot and them
 
 
 def train_translation(cfg: RunConfig, run_dir: Path, resuming: bool, progress: bool = True) -> dict:
@@ -125,7 +127,7 @@ def train_translation(cfg: RunConfig, run_dir: Path, resuming: bool, progress: b
 
 def _train(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) -> dict:
     distributed.main_first(info, lambda: _prepare(cfg, run_dir))
-    tok, src_tok = _tokenizers(cfg, run_dir, None) if (run_dir / ckpt.TOKENIZER).exists() else (None, None)
+    tok, src_tok = _tokenizers(cfg, run_dir, None)  # _prepare made them: only loaded here
     cfg.model.vocab_size = cfg.model.vocab_size or tok.vocab_size
     if cfg.translate.tokenizer == "separate":
         cfg.model.source_vocab_size = cfg.model.source_vocab_size or src_tok.vocab_size
