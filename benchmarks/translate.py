@@ -52,7 +52,7 @@ def lmforge_curve(cfg_path: str, overrides: dict, run: Path, budget: float, ever
         steps_per_s = max(1e-3, (steps - (curve[-1]["steps"] if curve else 0)) / took)
         cfg, model, tok = load_run(run)
         hyps = translate_texts(cfg, model, tok, tok, test.sources, beam=1)
-        curve.append({"seconds": round(spent, 1), "steps": s["steps"], "bleu": bleu_chrf(hyps, test.targets)["bleu"]})
+        curve.append({"seconds": round(spent, 3), "steps": s["steps"], "bleu": bleu_chrf(hyps, test.targets)["bleu"]})
     return curve
 
 
@@ -92,7 +92,7 @@ def marian_peer(cfg, tok, batches, budget: float, every: float, test):
         spent += time.perf_counter() - t0
         if spent >= next_eval or spent >= budget:
             next_eval += every
-            curve.append({"seconds": round(spent, 1), "steps": step, "bleu": peer_bleu(model, tok, src, test, m.block_size)})
+            curve.append({"seconds": round(spent, 3), "steps": step, "bleu": peer_bleu(model, tok, src, test, m.block_size)})
     return curve
 
 

@@ -29,7 +29,7 @@ LAYOUTS = {  # name -> seq2seq model fields (perturbed random weights)
     "pre-ln-rope": dict(norm_first=True, pos_emb="rope", n_layer=2, decoder_layers=3),
     "post-ln-sinusoidal": dict(pos_emb="sinusoidal", tie_weights=False),
     "separate-learned": dict(source_vocab_size=-1, bias=False),  # -1: the tokenizer's size, a source_tokenizer.json
-    "marian-width-2": dict(pos_emb="sinusoidal", n_embd=2, n_head=1),  # the only width where the sin / cos tables agree
+    "marian": dict(pos_emb="sinusoidal", decoder_layers=3),  # what MarianMTModel expresses
 }
 
 
@@ -148,7 +148,7 @@ def _hf_greedy(hf, cfg, seqs, tok):
 
 
 def test_hf_marian_folder_generates_lmforge_greedy(tmp_path, tok):
-    run = make_s2s_run(tmp_path / "run", tok, "marian-width-2")
+    run = make_s2s_run(tmp_path / "run", tok, "marian")
     info = ex.export_run(run, "hf", tmp_path / "hf")
     out = tmp_path / "hf"
     assert info["hf_class"] == "MarianMTModel" and info["max_abs_diff"] < 1e-4 and info["greedy_sentences_checked"] == 6
@@ -166,41 +166,34 @@ def test_hf_marian_folder_generates_lmforge_greedy(tmp_path, tok):
     assert hf_tok("春天 来了")["input_ids"] == tok.encode("春天 来了")
 
 
-def test_marian_key_map_is_exact_at_width_32_given_lmforges_table(tok):
-    """The map itself at a real width: swap lmforge's interleaved table into Marian's (in memory only) and all agrees,
-    so the position layout is the one thing that keeps these runs from exporting."""
-    from lmforge.hf.marian import hf_marian_config, seq2seq_to_marian_state_dict
-    from lmforge.models.layers import sinusoidal_positions
+@pytest.mark.parametrize("C", [2, 7, 32, 256])
+def test_seq2seq_position_table_is_marians(C):
+    """The seq2seq model's sinusoidal table (sines, then cosines) is the one MarianMTModel rebuilds, odd widths too."""
+    from lmforge.hf.marian import marian_positions
 
-    mcfg = tiny_config("seq2seq", vocab_size=tok.vocab_size, block_size=24, pos_emb="sinusoidal", decoder_layers=3)
-    model = build(mcfg).eval()
-    perturb(model, 3)
-    hf = transformers.MarianMTModel(hf_marian_config(mcfg, tok.bos_id, tok.eos_id, tok.pad_id)).eval()
-    hf.load_state_dict(seq2seq_to_marian_state_dict(model.state_dict(), mcfg))
-    with torch.no_grad():
-        for emb in (hf.model.encoder.embed_positions, hf.model.decoder.embed_positions):
-            emb.weight.copy_(sinusoidal_positions(24, 32))
-        src, mask, tgt = s2s._random_pairs(mcfg, tok.pad_id, 3, 10, 7, torch.Generator().manual_seed(0))
-        diff = (hf(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits - model(src, mask.bool(), tgt)).abs().max()
-    assert diff.item() < 1e-4
-    seqs = [[5, 9, 11, 30], [7, 8], list(range(20, 36))]
-    cfg = RunConfig(task="translate", model=mcfg)
-    ref = translate_ids(model, seqs, tok.bos_id, tok.eos_id, tok.pad_id, DecodeConfig(method="greedy"), max_positions=24)
-    assert _hf_greedy(hf, cfg, seqs, tok) == ref
+    mcfg = tiny_config("seq2seq", vocab_size=50, block_size=40, pos_emb="sinusoidal", n_embd=C, n_head=1)
+    torch.testing.assert_close(build(mcfg).pos_table, marian_positions(40, C), rtol=0, atol=1e-6)
+    hf = transformers.MarianMTModel(_marian_config(mcfg))
+    torch.testing.assert_close(hf.model.encoder.embed_positions.weight, marian_positions(40, C), rtol=0, atol=1e-6)
+
+
+def _marian_config(mcfg):
+    from lmforge.hf.marian import hf_marian_config
+
+    return hf_marian_config(mcfg, 1, 2, 0)
 
 
 @pytest.mark.parametrize("over, message", [
     (dict(norm_first=True), "model.norm_first: true cannot be exported as MarianMTModel (post-LN only)"),
     (dict(pos_emb="learned"), "model.pos_emb: learned cannot be exported as MarianMTModel"),
     (dict(pos_emb="rope"), "model.pos_emb: rope cannot be exported as MarianMTModel"),
-    (dict(n_embd=32, n_head=2), "model.pos_emb: sinusoidal cannot be exported as MarianMTModel (lmforge interleaves"),
     (dict(tie_weights=False), "model.tie_weights: false cannot be exported as MarianMTModel"),
     (dict(bias=False), "model.bias: false cannot be exported as MarianMTModel"),
     (dict(norm_eps=1e-6), "model.norm_eps: 1e-06 cannot be exported as MarianMTModel"),
     (dict(source_vocab_size=-1), "model.source_vocab_size: 300 cannot be exported as MarianMTModel"),
 ])
 def test_hf_refusals_are_one_line_and_write_nothing(tmp_path, tok, capsys, over, message):
-    run = make_s2s_run(tmp_path / "run", tok, "marian-width-2", **over)
+    run = make_s2s_run(tmp_path / "run", tok, "marian", **over)
     before = tree_digest(run)
     assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "a" / "hf")]) == 2
     err = capsys.readouterr().err.strip()

@@ -3,10 +3,9 @@
 Marian (BART-style, as in transformers) is post-LN with biases everywhere, LayerNorm eps 1e-5, one shared
 embedding for source, target and output layer (scaled by sqrt(d_model) with ``scale_embedding``), and a
 *fixed* sinusoidal position table that is not saved (``MarianSinusoidalPositionalEmbedding`` rebuilds it):
-sin of the C/2 frequencies in the first half of the columns, cos in the second. lmforge's
-:func:`~lmforge.models.layers.sinusoidal_positions` interleaves them (sin in even columns, cos in odd ones,
-Vaswani et al.), so the two tables agree only for C = 2; nothing is permuted here, a run whose table differs
-is refused (:func:`not_in_marian`). Both stacks use the exact erf GELU -> ``activation_function: gelu``.
+sin of the C/2 frequencies in the first half of the columns, cos in the second, the layout lmforge's
+seq2seq model uses too (``sinusoidal_positions(..., halves=True)``). Both stacks use the exact erf GELU ->
+``activation_function: gelu``.
 
 Keys: ours (GPT-2 names, fused ``c_attn``) -> Marian's (``q_proj`` / ``k_proj`` / ``v_proj`` / ``out_proj``,
 ``fc1`` / ``fc2``, ``self_attn_layer_norm`` / ``encoder_attn_layer_norm`` / ``final_layer_norm``).
@@ -20,7 +19,6 @@ import torch
 from torch import Tensor
 
 from lmforge.config import ModelConfig
-from lmforge.models.layers import sinusoidal_positions
 
 MARIAN_EPS = 1e-5  # Marian's nn.LayerNorm default
 
@@ -43,10 +41,6 @@ def not_in_marian(cfg: ModelConfig, tok: Any) -> str | None:
         return no("model.norm_first", True, "post-LN only")
     if cfg.pos_emb != "sinusoidal":
         return no("model.pos_emb", cfg.pos_emb, "Marian's positions are a fixed sinusoidal table only")
-    T, C = cfg.block_size, cfg.n_embd
-    if not torch.allclose(sinusoidal_positions(T, C), marian_positions(T, C), atol=1e-6):
-        return no("model.pos_emb", "sinusoidal", "lmforge interleaves the sin / cos columns, Marian puts sin in the first "
-                  "half and cos in the second; the tables agree only for model.n_embd=2")
     if cfg.source_vocab_size:
         return no("model.source_vocab_size", cfg.source_vocab_size, "one joint vocabulary and shared embeddings only")
     if not cfg.tie_weights:

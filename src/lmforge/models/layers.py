@@ -14,22 +14,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def sinusoidal_positions(T: int, C: int) -> Tensor:
+def sinusoidal_positions(T: int, C: int, halves: bool = False) -> Tensor:
     """The fixed sin / cos position table of Vaswani et al. (2017), float32, shape (T, C).
 
     ``PE[pos, 2i] = sin(pos / 10000^(2i/C))`` and ``PE[pos, 2i+1] = cos(pos / 10000^(2i/C))``,
-    computed in float64 then rounded. An odd ``C`` ends with a sine column.
+    computed in float64 then rounded. An odd ``C`` ends with a sine column. ``halves`` puts the same
+    columns in another order: the ceil(C/2) sines first, then the cosines (tensor2tensor's and
+    Marian's layout; the seq2seq model uses it, so its runs export to ``MarianMTModel``).
 
     >>> sinusoidal_positions(2, 4)
     tensor([[0.0000, 1.0000, 0.0000, 1.0000],
             [0.8415, 0.5403, 0.0100, 0.9999]])
+    >>> sinusoidal_positions(2, 4, halves=True)
+    tensor([[0.0000, 0.0000, 1.0000, 1.0000],
+            [0.8415, 0.0100, 0.5403, 0.9999]])
     """
     pos = torch.arange(T, dtype=torch.float64).unsqueeze(1)  # (T, 1)
     two_i = torch.arange(0, C, 2, dtype=torch.float64)  # (ceil(C/2),)
     angle = pos / torch.pow(10000.0, two_i / C)  # (T, ceil(C/2))
+    sin, cos = torch.sin(angle), torch.cos(angle[:, : C // 2])
+    if halves:
+        return torch.cat([sin, cos], dim=1).float()
     pe = torch.empty(T, C, dtype=torch.float64)
-    pe[:, 0::2] = torch.sin(angle)
-    pe[:, 1::2] = torch.cos(angle[:, : C // 2])
+    pe[:, 0::2] = sin
+    pe[:, 1::2] = cos
     return pe.float()
 
 

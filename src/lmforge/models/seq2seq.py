@@ -110,8 +110,8 @@ class Seq2SeqTransformer(nn.Module):
     ``wte`` embeds the target tokens, and the source ones too when ``source_vocab_size`` is 0 (one joint
     vocabulary); otherwise ``src_wte`` (source_vocab_size, C) embeds the source. ``lm_head`` (C -> vocab_size)
     shares ``wte``'s weight with ``tie_weights``. Positions: learned (``encoder.wpe`` / ``decoder.wpe``), the
-    sinusoidal table (non-persistent buffer ``pos_table``; the embeddings are then scaled by sqrt(C) as in
-    Vaswani et al.), or rotary (buffer ``rope``, on q and k of the self-attention of both stacks; none on
+    sinusoidal table (non-persistent buffer ``pos_table``, sines then cosines as in Marian; the embeddings are
+    then scaled by sqrt(C) as in Vaswani et al.), or rotary (buffer ``rope``, on q and k of the self-attention of both stacks; none on
     cross-attention).
 
     >>> m = Seq2SeqTransformer(ModelConfig(name="seq2seq", vocab_size=50, n_layer=1, n_embd=16, n_head=2, block_size=8))
@@ -143,7 +143,7 @@ class Seq2SeqTransformer(nn.Module):
         ))
         self.emb_scale = math.sqrt(C) if cfg.pos_emb == "sinusoidal" else 1.0
         if cfg.pos_emb == "sinusoidal":
-            self.register_buffer("pos_table", sinusoidal_positions(cfg.block_size, C), persistent=False)
+            self.register_buffer("pos_table", sinusoidal_positions(cfg.block_size, C, halves=True), persistent=False)
         elif cfg.pos_emb == "rope":
             self.register_buffer("rope", rope_table(cfg.block_size, cfg.head_size, cfg.rope_theta), persistent=False)
         self.lm_head = nn.Linear(C, cfg.vocab_size, bias=False)
