@@ -100,6 +100,10 @@ class FinetuneConfig:
     base_hf: str = F("", "a Hugging Face model folder or a registered model such as minilm-l6 (--base-hf)")
     base_recipe: str = F("", "a pretraining recipe (YAML) that `lmforge pretrain` runs into finetune.base first, "
                              "when that run dir is missing or unfinished")
+    encoder_base: str = F("", "translate: an lmforge GPT or masked-LM (bert) run that starts the seq2seq encoder (blocks, "
+                              "positions, embedding; its tokenizer becomes the source side's)")
+    decoder_base: str = F("", "translate: an lmforge GPT run that starts the seq2seq decoder (its tokenizer becomes the "
+                              "target side's); the cross-attention starts random")
     pooling: str = F("auto", "how a sequence becomes one vector: auto (cls for bert, last for gpt) | cls | mean | last | max | "
                             "concat ([last; max; mean])")
     max_length: int = F(128, "texts are truncated to this many tokens")

@@ -18,6 +18,7 @@ from lmforge.config import RunConfig, save_config
 from lmforge.devices import resolve_device
 from lmforge.errors import UserError
 from lmforge.fileio import atomic_write_text
+from lmforge.recipes.translate_starts import Starts, apply_starts, load_starts
 from lmforge.runs import files as ckpt
 from lmforge.tasks.translate import SOURCE_TOKENIZER, SPLITS, run_pairs
 from lmforge.tokenizer import Tokenizer, train_tokenizer
@@ -44,12 +45,16 @@ def _write_pairs(path: Path, pairs) -> None:
     atomic_write_text(path, "\n".join(rows) + "\n")
 
 
-def _tokenizers(cfg: RunConfig, run_dir: Path, train) -> tuple[Tokenizer, Tokenizer]:
-    """(target tokenizer, source tokenizer): the run's own, else trained on the training pairs (or data.tokenizer)."""
+def _tokenizers(cfg: RunConfig, run_dir: Path, train, starts: Starts | None = None) -> tuple[Tokenizer, Tokenizer]:
+    """(target tokenizer, source tokenizer): the run's own, else the pretrained starts', else trained on the
+    training pairs (or data.tokenizer)."""
     tok_path, src_path = run_dir / ckpt.TOKENIZER, run_dir / SOURCE_TOKENIZER
     separate = cfg.translate.tokenizer == "separate"
+    given, given_src = starts.tokenizers(joint=not separate) if starts else (None, None)
     if not tok_path.exists():
-        if cfg.data.tokenizer:
+        if given:
+            tok = given
+        elif cfg.data.tokenizer:
             tok = Tokenizer.load(cfg.data.tokenizer)
         else:
             texts = list(train.targets) if separate else list(train.sources) + list(train.targets)
@@ -58,12 +63,12 @@ def _tokenizers(cfg: RunConfig, run_dir: Path, train) -> tuple[Tokenizer, Tokeni
             tok = train_tokenizer(texts, cfg.data.vocab_size)
         tok.save(tok_path)
     if separate and not src_path.exists():
-        train_tokenizer(list(train.sources), cfg.data.vocab_size).save(src_path)
+        (given_src or train_tokenizer(list(train.sources), cfg.data.vocab_size)).save(src_path)
     tok = Tokenizer.load(tok_path)
     return tok, (Tokenizer.load(src_path) if separate else tok)
 
 
-def _prepare(cfg: RunConfig, run_dir: Path) -> None:
+def _prepare(cfg: RunConfig, run_dir: Path, starts: Starts | None) -> None:
     """The pair snapshot (filtered) and the tokenizer(s) into the run dir, each skipped if already there."""
     from lmforge.data.pairs import check_lengths, filter_pairs
 
@@ -74,7 +79,7 @@ def _prepare(cfg: RunConfig, run_dir: Path) -> None:
             raise UserError(f"translate.data {cfg.translate.data}: needs training and validation pairs (got "
                             f"{', '.join(f'{k} {len(v)}' for k, v in splits.items())}); give more pairs or a larger "
                             "translate.val_fraction")
-        tok, src_tok = _tokenizers(cfg, run_dir, splits["train"])
+        tok, src_tok = _tokenizers(cfg, run_dir, splits["train"], starts)
         t = cfg.translate
         count_src, count_tgt = (lambda s: len(src_tok.encode(s))), (lambda s: len(tok.encode(s)))
         if t.filter_max_tokens or t.filter_ratio:
@@ -92,7 +97,7 @@ def _prepare(cfg: RunConfig, run_dir: Path) -> None:
                 _write_pairs(data_dir / f"{name}.tsv", splits[name])
     if not (run_dir / ckpt.TOKENIZER).exists() or (cfg.translate.tokenizer == "separate"
                                                    and not (run_dir / SOURCE_TOKENIZER).exists()):
-        _tokenizers(cfg, run_dir, run_pairs(cfg, run_dir, "train"))  # a kill came between the snapshot and them
+        _tokenizers(cfg, run_dir, run_pairs(cfg, run_dir, "train"), starts)  # a kill came between the snapshot and them
 
 
 def train_translation(cfg: RunConfig, run_dir: Path, resuming: bool, progress: bool = True) -> dict:
@@ -126,7 +131,9 @@ def train_translation(cfg: RunConfig, run_dir: Path, resuming: bool, progress: b
 
 
 def _train(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) -> dict:
-    distributed.main_first(info, lambda: _prepare(cfg, run_dir))
+    # the bases are read until the first checkpoint (a resume after it has its weights and tokenizers: no base needed)
+    starts = None if (run_dir / ckpt.TRAIN_STATE).exists() else load_starts(cfg)
+    distributed.main_first(info, lambda: _prepare(cfg, run_dir, starts))
     tok, src_tok = _tokenizers(cfg, run_dir, None)  # _prepare made them: only loaded here
     cfg.model.vocab_size = cfg.model.vocab_size or tok.vocab_size
     if cfg.translate.tokenizer == "separate":
@@ -146,6 +153,9 @@ def _train(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) 
     data = (run_pairs(cfg, run_dir, "train"), run_pairs(cfg, run_dir, "val"), src_tok)
     torch.manual_seed(cfg.train.seed)
     model = task.build(cfg, tok)
+    if starts:
+        print(f"pretrained starts: copied {apply_starts(model, starts, cfg)} tensors; the cross-attention starts random",
+              flush=True)
     summary = fit(model, task.batches(cfg, tok, data), cfg.train, run_dir, loss_fn=task.loss_for(cfg), info=info,
                   progress=progress, evaluator=task.evaluator_for(cfg, tok, data),
                   on_restored=(lambda: distributed.main_first(info, record_config)) if resuming else None)
