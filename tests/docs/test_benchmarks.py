@@ -172,3 +172,14 @@ def test_translate_smoke(bench, capsys):
         assert curve and all(p["seconds"] >= 0 and 0 <= p["bleu"] <= 100 for p in curve)
         assert all(a["seconds"] < b["seconds"] and a["steps"] < b["steps"] for a, b in zip(curve, curve[1:]))
     assert out["lmforge"][-1]["seconds"] >= out["budget_s"] - 1 and out["test_sentences"] > 0
+
+
+def test_translate_decode_smoke(bench, capsys):
+    pytest.importorskip("sacrebleu")
+    out = bench("translate_decode").main(["--smoke", "--threads", "1"])
+    assert last_json(capsys) == out and COMMON <= out.keys() and out["benchmark"] == "translate_decode"
+    for k in ("lmforge_beam5", "lmforge_greedy", "hf_greedy_one", "hf_beam5"):
+        assert out[k]["seconds"] > 0 and 0 <= out[k]["bleu"] <= 100
+    n = out["test_sentences"]
+    assert n > 0 and out["greedy_outputs_identical"] == f"{n}/{n}"  # the same weights decode the same greedy tokens
+    assert out["ratio"] == out["ratios"]["lmforge_beam5_vs_hf_greedy_one"] > 0
