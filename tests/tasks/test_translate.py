@@ -129,3 +129,5 @@ def test_the_recipe_trains_on_hsk_zh_en(tmp_path, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()[-1:]) == 1
     assert main(["evaluate", str(run), "--split", "test", "--max-batches", "1", "--json", str(tmp_path / "t.json")]) == 0
     assert {"bleu", "chrf", "signature"} <= json.loads((tmp_path / "t.json").read_text()).keys()
+    for fmt in ("hf", "onnx"):  # the recipe is Marian's layout: both formats export it
+        assert main(["export", str(run), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
