@@ -55,7 +55,7 @@ class ToyTranslator(nn.Module):
     def decode(self, tgt, memory, src_mask):
         return self.step(tgt, self.new_state(memory, src_mask, tgt.size(1)))
 
-    def reorder(self, state, index):
+    def reorder(self, state, index, same_sources=False):  # the memory is re-picked either way
         rows = {k: state[k].index_select(0, index) for k in ("memory", "mask")}
         return {**state, **rows, "h": state["h"].index_select(1, index)}
 

@@ -177,10 +177,12 @@ class LSTMSeq2Seq(nn.Module):
         state.pos += t
         return self._head(y, state.out, state.keys, state.mask)
 
-    def reorder(self, state: LSTMState, index: Tensor) -> LSTMState:
-        """A new state whose row j is row ``index[j]`` of ``state`` (B' = len(index) may differ from B)."""
+    def reorder(self, state: LSTMState, index: Tensor, same_sources: bool = False) -> LSTMState:
+        """A new state whose row j is row ``index[j]`` of ``state`` (B' = len(index) may differ from B);
+        ``same_sources``: each new row has the source of the row it replaces, so the memory is kept."""
         index = index.to(state.mask.device)
-        rows = [t.index_select(0, index) for t in (state.out, state.keys, state.mask)]  # batch-first
+        memory = (state.out, state.keys, state.mask)
+        rows = memory if same_sources else [t.index_select(0, index) for t in memory]  # batch-first
         h, c = state.h.index_select(1, index), state.c.index_select(1, index)  # (L, B', C)
         return LSTMState(*rows, h, c, state.pos, state.max_len)
 

@@ -2,7 +2,8 @@
 
 Works with any model that has the seq2seq interface: ``encode(src, src_mask)``, ``new_state(memory,
 src_mask, max_len)``, ``step(tgt_new, state) -> logits (B, t, V)`` (appends to the state) and
-``reorder(state, index)`` (rows picked / repeated, B' may differ from B), plus ``cfg.block_size`` (or
+``reorder(state, index, same_sources=False)`` (rows picked / repeated, B' may differ from B;
+``same_sources``: each new row keeps its sentence, so the source side need not move), plus ``cfg.block_size`` (or
 pass ``max_positions``). :class:`lmforge.models.seq2seq.Seq2SeqTransformer` and
 :class:`lmforge.models.rnn_seq2seq.LSTMSeq2Seq` have it.
 
@@ -289,7 +290,7 @@ def _beam_search(model: nn.Module, state: Any, limits: list[int], run: _Run) -> 
             break
         keep_t = torch.tensor(keep, dtype=torch.long, device=run.device)  # (A',)
         rows = (keep_t[:, None] * k + beam[keep_t]).flatten()  # (A' * k,) parent row of each new live beam
-        state = model.reorder(state, rows)
+        state = model.reorder(state, rows, same_sources=len(keep) == len(alive))  # no sentence left: sources stay
         tok = token[keep_t].reshape(-1, 1)  # (A' * k, 1)
         hyps = torch.cat([hyps[rows], tok], dim=1)
         scores, lim = scores[keep_t], lim[keep_t]

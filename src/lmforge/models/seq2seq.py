@@ -232,14 +232,23 @@ class Seq2SeqTransformer(nn.Module):
         after those already in ``state`` (``state.cache.pos``); appends them to the state."""
         return self.lm_head(self.features(tgt_new, state.cross, state.keep, state.cache))
 
-    def reorder(self, state: Seq2SeqState, index: Tensor) -> Seq2SeqState:
+    def reorder(self, state: Seq2SeqState, index: Tensor, same_sources: bool = False) -> Seq2SeqState:
         """A new state whose row j is row ``index[j]`` of ``state`` (B' = len(index) may differ from B: beam
-        expansion repeats rows); ``state`` itself is left unchanged."""
+        expansion repeats rows); ``state`` itself is left unchanged. Only the ``pos`` cached positions are
+        copied. ``same_sources``: every new row has the source of the row it replaces (beams reordered within
+        their sentences, none dropped), so the cross-attention keys / values and the mask are kept as they are."""
         index = index.to(state.keep.device)
-        cache = copy.copy(state.cache)  # same max_len and pos, new buffers
-        cache.k = [k.index_select(0, index) for k in state.cache.k]
-        cache.v = [v.index_select(0, index) for v in state.cache.v]
+        cache, pos = copy.copy(state.cache), state.cache.pos  # same max_len and pos, new buffers
+
+        def pick(buf: Tensor) -> Tensor:  # (B, H, max_len, hs) -> (B', H, max_len, hs), [pos:] left unwritten
+            out = buf.new_empty((len(index), *buf.shape[1:]))
+            out[:, :, :pos] = buf[:, :, :pos].index_select(0, index)
+            return out
+
+        cache.k, cache.v = [pick(k) for k in state.cache.k], [pick(v) for v in state.cache.v]
         cache.batch_size = len(index)
+        if same_sources:
+            return Seq2SeqState(cache, state.cross, state.keep)
         cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in state.cross]
         return Seq2SeqState(cache, cross, state.keep.index_select(0, index))
 
