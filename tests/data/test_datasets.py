@@ -199,6 +199,17 @@ def test_get_prepares_once(tiny, tmp_path):
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["downloads", "tiny"]
 
 
+def test_a_cache_from_an_older_preparation_is_prepared_again(tiny, tmp_path, monkeypatch):
+    out = ds.get("tiny", tmp_path / "cache")
+    assert json.loads((out / "meta.json").read_text())["prepared"] == 1
+    (out / "stale.txt").write_text("left by the older preparation")
+    newer = ds.DatasetEntry(**{**ds.REGISTRY["tiny"].__dict__, "prepared": 2})
+    monkeypatch.setitem(ds.REGISTRY, "tiny", newer)
+    assert ds.get("tiny", tmp_path / "cache") == out and tiny == ["tiny"]  # the archive is reused: no download
+    assert json.loads((out / "meta.json").read_text())["prepared"] == 2 and not (out / "stale.txt").exists()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["downloads", "tiny"]  # nothing left aside
+
+
 def test_get_uses_env_cache(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "env-cache"))
     assert ds.get("tiny") == tmp_path / "env-cache" / "tiny"

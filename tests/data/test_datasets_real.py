@@ -117,13 +117,15 @@ def test_real_hsk_zh_en():
     from lmforge.data.pairs import load_pairs
 
     out, _, meta = _get_twice("hsk-zh-en")
-    assert meta["content"] == "pairs" and (meta["records"], meta["unique"], meta["duplicates"]) == (4354, 4352, 2)
-    assert sorted(meta["hsk_levels"]) == ["1", "2", "3", "4", "5", "6"] and sum(meta["hsk_levels"].values()) == 4352
+    assert meta["content"] == "pairs" and (meta["records"], meta["pairs"], meta["unique"], meta["duplicates"]) == (4354, 4274, 4272, 2)
+    assert sorted(meta["hsk_levels"]) == ["1", "2", "3", "4", "5", "6"] and sum(meta["hsk_levels"].values()) == 4272
+    assert meta["prepared"] == 2 and [meta[s]["lines"] for s in corpora.PAIR_SPLITS] == [3844, 214, 214]
     for s in corpora.PAIR_SPLITS:
         assert (out / f"{s}.tsv").read_text(encoding="utf-8").split("\n", 1)[0] == "zh\ten"
     parts = {s: load_pairs("hsk-zh-en", s) for s in corpora.PAIR_SPLITS}
     assert sum(map(len, parts.values())) == meta["unique"]
     assert [len(p) for p in parts.values()] == [meta[s]["lines"] for s in corpora.PAIR_SPLITS]
+    assert not any("placeholder" in t for p in parts.values() for t in p.targets)  # the untranslated stubs are gone
     for s, frac in zip(corpora.PAIR_SPLITS, corpora.PAIR_FRACTIONS):
         assert abs(len(parts[s]) / meta["unique"] - frac) < 0.005
     pairs = [pair for p in parts.values() for pair in zip(p.sources, p.targets)]

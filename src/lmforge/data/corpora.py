@@ -255,6 +255,7 @@ def write_labelled_splits(by_label: dict[str, list[str]], out_dir: Path,
 PAIR_SPLITS = LABELLED_SPLITS  # train, val, test
 PAIR_FRACTIONS = (0.9, 0.05, 0.05)  # registered pair sets, by sha1 of the source sentence
 HSK_SENTENCES = "hsk_sentences_audio/data/sentences.json"
+HSK_STUB = re.compile(r"placeholder(-[a-z]\d+)?", re.IGNORECASE)  # an English side never translated
 
 
 def clean_pair_side(text: str) -> str:
@@ -300,9 +301,12 @@ def write_pair_files(parts: list[list[tuple[str, str]]], out_dir: Path, header: 
 
 def hsk_records(records: list) -> list[tuple[str, str, int]]:
     """The records of hsk-sentences-audio's ``sentences.json`` (each with ``chinese``, ``translation.en``
-    and ``hsk_level``) -> cleaned ``(zh, en, level)``, file order; a record with an empty side is dropped.
+    and ``hsk_level``) -> cleaned ``(zh, en, level)``, file order. A record with an empty side is dropped,
+    and so is one whose English is an untranslated stub (80 records of 1.0.0 read ``placeholder`` or
+    ``placeholder-p13``: a model learns to print them, and no translation can match them).
 
-    >>> hsk_records([{"id": "hsk1-0001", "hsk_level": 1, "chinese": "老师，您好！", "translation": {"en": "Hello, teacher!"}}])
+    >>> hsk_records([{"id": "hsk1-0001", "hsk_level": 1, "chinese": "老师，您好！", "translation": {"en": "Hello, teacher!"}},
+    ...              {"id": "hsk3-0007", "hsk_level": 3, "chinese": "这件工艺品很美。", "translation": {"en": "placeholder-p2"}}])
     [('老师，您好！', 'Hello, teacher!', 1)]
     """
     if not isinstance(records, list):
@@ -315,7 +319,7 @@ def hsk_records(records: list) -> list[tuple[str, str, int]]:
             raise ValueError(f"{HSK_SENTENCES}: record {i} ({str(r)[:60]}): expected chinese, translation.en and "
                              "hsk_level") from None
         zh, en = clean_pair_side(zh), clean_pair_side(en)
-        if zh and en:
+        if zh and en and not HSK_STUB.fullmatch(en):
             out.append((zh, en, int(level)))
     return out
 

