@@ -7,7 +7,9 @@ and the same token-count batches (lmforge's PairBatches), for ``--budget`` secon
 evaluations are not counted). The peer is a MarianMTModel built from a MarianConfig of the recipe's shape
 (layers, width, heads, 4x MLP, dropout, shared and tied embeddings, scaled embeddings; no download),
 trained with a standard recipe: AdamW (betas 0.9 / 0.98, weight decay 0.01), inverse-square-root
-schedule after a linear warmup, label smoothing 0.1, gradient clipping 1.0, and the recipe's
+schedule after a linear warmup (``--peer-lr`` 5e-4, ``--peer-warmup`` 400: Marian is post-LN, and lmforge's
+own post-LN twin of the recipe collapsed at the pre-LN recipe's 1e-3 / 200 but trains at 5e-4 / 400),
+label smoothing 0.1, gradient clipping 1.0, and the recipe's
 ``train.dtype`` (bf16 autocast for both when the recipe sets it: MarianMTModel runs ~1.2x faster with it
 here, so a user tuning it would turn it on too).
 
@@ -58,7 +60,7 @@ def lmforge_curve(cfg_path: str, overrides: dict, run: Path, budget: float, ever
     return curve
 
 
-def marian_peer(cfg, tok, batches, budget: float, every: float, test):
+def marian_peer(cfg, tok, batches, budget: float, every: float, test, lr: float, warmup: int):
     """The peer's curve: MarianMTModel of cfg's shape on the same batches, for ``budget`` seconds of training."""
     from transformers import MarianConfig, MarianMTModel
 
@@ -74,8 +76,8 @@ def marian_peer(cfg, tok, batches, budget: float, every: float, test):
                       decoder_start_token_id=tok.bos_id, forced_eos_token_id=tok.eos_id)
     torch.manual_seed(cfg.train.seed)
     model = MarianMTModel(mc)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup = max(1, cfg.train.warmup_steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = max(1, warmup)
     src = encode_side(tok, test.sources, m.block_size)
     bf16 = cfg.train.dtype == "bfloat16"
     curve, spent, step, next_eval = [], 0.0, 0, every
@@ -83,7 +85,7 @@ def marian_peer(cfg, tok, batches, budget: float, every: float, test):
         t0 = time.perf_counter()
         model.train()
         for g in opt.param_groups:
-            g["lr"] = cfg.train.lr * min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+            g["lr"] = lr * min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
         x, y = batches.train_batch(step, 0, 1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # the recipe's dtype, as a user would set it
             logits = model(input_ids=x["src"], attention_mask=x["src_mask"].long(), decoder_input_ids=x["tgt"]).logits
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--budget", type=float, default=600.0, help="training seconds for each system (default 600)")
     p.add_argument("--eval-every", type=float, default=60.0, help="score both every N training seconds (default 60)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--peer-lr", type=float, default=5e-4, help="the peer's peak LR (default 5e-4)")
+    p.add_argument("--peer-warmup", type=int, default=400, help="the peer's warmup steps (default 400)")
     p.add_argument("--smoke", action="store_true", help="generated pairs, tiny shapes, a few seconds")
     args = p.parse_args(argv)
     quiet_warnings()
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         data = (T.run_pairs(cfg, run, "train"), T.run_pairs(cfg, run, "val"), tok)
         batches = T.Translation().batches(cfg, tok, data)
         test = T.run_pairs(cfg, run, "test")
-        peer = marian_peer(cfg, tok, batches, args.budget, args.eval_every, test)
+        peer = marian_peer(cfg, tok, batches, args.budget, args.eval_every, test, args.peer_lr, args.peer_warmup)
         from lmforge.tools.evaluate import evaluate_run
 
         beam5 = evaluate_run(run, split="test", beam=5)
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
            "lmforge_seconds_to_marian_final": t_reach,
            "ratio": ratio(t_reach, args.budget) if t_reach is not None else None,
            "lmforge_beam5_bleu": beam5["bleu"], "lmforge_beam5_sentences_per_s": beam5["sentences_per_s"],
-           "test_sentences": len(test), "dtype": cfg.train.dtype, "ratios": {"time_to_peer_final": ratio(t_reach, args.budget) if t_reach is not None else None},
+           "test_sentences": len(test), "dtype": cfg.train.dtype, "peer_lr": args.peer_lr, "peer_warmup": args.peer_warmup, "ratios": {"time_to_peer_final": ratio(t_reach, args.budget) if t_reach is not None else None},
            **machine(args.threads, 1), **mon.report()}
     return emit(out)
 
