@@ -126,6 +126,8 @@ def _translate_parser(verbs) -> None:
     tl.add_argument("--output", type=path_arg, help="write the translations here, one a line (default: stdout)")
     tl.add_argument("--beam", type=int, default=None, help="beam size; 1 = greedy (default: the run's translate.beam)")
     tl.add_argument("--device", default="cpu", help="cpu | cuda | mps (default cpu)")
+    tl.add_argument("--best", action="store_true", help="use the weights of the run's best evaluation (best.safetensors, "
+                    "kept with train.keep_best), not its last")
     tl.set_defaults(func=cmd_translate)
 
 
@@ -153,6 +155,8 @@ def _evaluate_parser(verbs) -> None:
     ev.add_argument("--source-column", default=None, help="translation: source column of a pair file (default: the first)")
     ev.add_argument("--target-column", default=None, help="translation: target column of a pair file (default: the second)")
     ev.add_argument("--beam", type=int, default=None, help="translation: beam size (default: the run's translate.beam)")
+    ev.add_argument("--best", action="store_true", help="evaluate the weights of the run's best evaluation (best.safetensors, "
+                    "kept with train.keep_best), not its last")
     ev.add_argument("--max-batches", type=int, default=None, help="cap the number of evaluation batches")
     ev.add_argument("--json", type=path_arg, default=None, metavar="OUT", help="also write the result to this JSON file")
     ev.add_argument("--compile", action="store_true", help="torch.compile the model first (faster on large sets, "

@@ -78,7 +78,7 @@ def cmd_translate(args) -> None:
     from lmforge.tools.translate import translate_run
 
     lines = translate_run(args.run_dir, args.texts, input_file=args.input, output_file=args.output, beam=args.beam,
-                          device=args.device)
+                          device=args.device, best=args.best)
     if args.output is None:
         for line in lines:
             print(line)
@@ -107,7 +107,8 @@ def cmd_evaluate(args) -> None:
         raise UserError(f"--json: expected a file name to write the result to, got {args.json!r}")
     result = evaluate_run(args.run_dir, data=args.data, split=args.split, max_batches=args.max_batches,
                           text_column=args.text_column, label_column=args.label_column, compile=args.compile,
-                          source_column=args.source_column, target_column=args.target_column, beam=args.beam)
+                          source_column=args.source_column, target_column=args.target_column, beam=args.beam,
+                          best=args.best)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.json is not None:
         from lmforge.runs.files import atomic_write_text

@@ -66,6 +66,26 @@ def test_translate_and_evaluate(trained, tmp_path, capsys):
     assert json.loads((tmp_path / "f.json").read_text())["sentences"] == 32
 
 
+def test_best_weights_are_what_translate_and_evaluate_best_use(trained, tmp_path, capsys):
+    from lmforge.runs.loader import load_run
+
+    tmp, _, _ = trained
+    run = tmp / "run"
+    best = load_file(run / "best.safetensors")
+    _, model, _ = load_run(run, best=True)
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items() if k in best)
+    assert main(["translate", str(run), "我喜欢猫。", "--best"]) == 0 and capsys.readouterr().out.count("\n") == 1
+    assert main(["evaluate", str(run), "--best", "--split", "val", "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["bleu"] >= 0
+    lone = tmp_path / "lone"  # a run trained without train.keep_best
+    import shutil
+
+    shutil.copytree(run, lone)
+    (lone / "best.safetensors").unlink()
+    assert main(["evaluate", str(lone), "--best"]) == 2
+    assert "no best.safetensors (the run was trained without train.keep_best)" in capsys.readouterr().err
+
+
 def test_lstm_baseline_and_token_batches_train_through_the_same_task(trained, tmp_path):
     _, data, _ = trained
     s = train(translation_recipe(tmp_path, data, name="lstm_seq2seq", steps=20, bt=400), out=tmp_path / "lstm", progress=False)
@@ -129,5 +149,7 @@ def test_the_recipe_trains_on_hsk_zh_en(tmp_path, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()[-1:]) == 1
     assert main(["evaluate", str(run), "--split", "test", "--max-batches", "1", "--json", str(tmp_path / "t.json")]) == 0
     assert {"bleu", "chrf", "signature"} <= json.loads((tmp_path / "t.json").read_text()).keys()
-    for fmt in ("hf", "onnx"):  # the recipe is Marian's layout: both formats export it
-        assert main(["export", str(run), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2  # pre-LN: not Marian's layout
+    assert "model.norm_first: true cannot be exported as MarianMTModel (post-LN only)" in capsys.readouterr().err

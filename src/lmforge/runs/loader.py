@@ -12,7 +12,7 @@ import torch
 
 from lmforge.errors import UserError
 from lmforge.fileio import TEMP_NAME
-from lmforge.runs.files import CONFIG, TOKENIZER, TRAIN_STATE, WEIGHTS, check_train_state, load_tensors
+from lmforge.runs.files import BEST_WEIGHTS, CONFIG, TOKENIZER, TRAIN_STATE, WEIGHTS, check_train_state, load_tensors
 
 
 def open_run(config_path, overrides: dict, out, resume, verb: str = "pretrain"):
@@ -144,13 +144,14 @@ def load_base(ft) -> tuple | None:
     return mcfg, sd, tok
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu", verb: str | None = None):
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", verb: str | None = None, best: bool = False):
     """-> (RunConfig, model in eval mode with the run's weights, Tokenizer). Errors name the file.
 
     The run's task (``config.yaml``'s ``task``, or derived for older run dirs) rebuilds the model: a
     language model, a classifier (a LoRA run's adapters put back onto its base), an int8 copy of either.
     ``verb``: what the caller will do with the model ("export", "compress", ...); given, a pretraining-only
     run (ELECTRA's, which only ``finetune --base`` reads) is refused in one line naming the run and the verb.
+    ``best``: the weights of its best evaluation (``best.safetensors``, kept with ``train.keep_best``), not its last.
     """
     from lmforge import tasks
     from lmforge.tokenizer import Tokenizer
@@ -167,12 +168,16 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", verb: str 
         cfg.model.vocab_size = tok.vocab_size
     if cfg.model.vocab_size < tok.vocab_size:
         raise UserError(f"{run_dir / CONFIG}: model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
-    tensors, meta = load_tensors(run_dir / WEIGHTS, "model weights")
+    weights = run_dir / (BEST_WEIGHTS if best else WEIGHTS)
+    if best and not weights.exists():
+        raise UserError(f"{run_dir}: no {BEST_WEIGHTS} (the run was trained without train.keep_best); leave out --best "
+                        "for its last weights")
+    tensors, meta = load_tensors(weights, "model weights")
     base = None
     if task.needs_base(cfg):
         found = load_base(cfg.finetune)
         if found is None:
             raise UserError(f"{run_dir / CONFIG}: a LoRA run needs finetune.base or finetune.base_hf to rebuild its base model")
         base = found[1]
-    model = task.rebuild(cfg, tok, tensors, meta, str(run_dir / WEIGHTS), device, base)
+    model = task.rebuild(cfg, tok, tensors, meta, str(weights), device, base)
     return cfg, model.to(device).eval(), tok

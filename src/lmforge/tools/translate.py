@@ -27,7 +27,7 @@ def read_lines(path: str) -> list[str]:
 
 
 def translate_run(run_dir: str | Path, texts: list[str], input_file: str | None = None, output_file: str | None = None,
-                  beam: int | None = None, device: str = "cpu") -> list[str]:
+                  beam: int | None = None, device: str = "cpu", best: bool = False) -> list[str]:
     """The translation of each text (then each line of ``input_file``), in order; with ``output_file`` also
     written there (atomically), one a line."""
     from lmforge.config.fields import check_int, check_text, show
@@ -44,7 +44,7 @@ def translate_run(run_dir: str | Path, texts: list[str], input_file: str | None 
     texts += read_lines(input_file) if input_file else []
     if not texts:
         raise UserError("translate: no text given (pass sentences as arguments or --input FILE)")
-    cfg, model, tok = loader.load_run(run_dir, device, verb="translate")
+    cfg, model, tok = loader.load_run(run_dir, device, verb="translate", best=best)
     task = tasks.of(cfg)
     if not hasattr(task, "translate"):
         raise UserError(f"{run_dir}: not a translation model (task {task.name}); translate needs a run made by "
