@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
            "lmforge_seconds_to_marian_final": t_reach,
            "ratio": ratio(t_reach, args.budget) if t_reach is not None else None,
            "lmforge_beam5_bleu": beam5["bleu"], "lmforge_beam5_sentences_per_s": beam5["sentences_per_s"],
-           "test_sentences": len(test), "dtype": cfg.train.dtype, "peer_lr": args.peer_lr, "peer_warmup": args.peer_warmup, "ratios": {"time_to_peer_final": ratio(t_reach, args.budget) if t_reach is not None else None},
+           "test_sentences": len(test), "dtype": cfg.train.dtype, "peer_lr": args.peer_lr, "peer_warmup": args.peer_warmup,
+           "ratios": {"time_to_peer_final": ratio(t_reach, args.budget) if t_reach is not None else None},
            **machine(args.threads, 1), **mon.report()}
     return emit(out)
 

@@ -117,7 +117,8 @@ def test_real_hsk_zh_en():
     from lmforge.data.pairs import load_pairs
 
     out, _, meta = _get_twice("hsk-zh-en")
-    assert meta["content"] == "pairs" and (meta["records"], meta["pairs"], meta["unique"], meta["duplicates"]) == (4354, 4274, 4272, 2)
+    counts = (meta["records"], meta["pairs"], meta["unique"], meta["duplicates"])
+    assert meta["content"] == "pairs" and counts == (4354, 4274, 4272, 2)
     assert sorted(meta["hsk_levels"]) == ["1", "2", "3", "4", "5", "6"] and sum(meta["hsk_levels"].values()) == 4272
     assert meta["prepared"] == 2 and [meta[s]["lines"] for s in corpora.PAIR_SPLITS] == [3844, 214, 214]
     for s in corpora.PAIR_SPLITS:

@@ -305,8 +305,8 @@ def hsk_records(records: list) -> list[tuple[str, str, int]]:
     and so is one whose English is an untranslated stub (80 records of 1.0.0 read ``placeholder`` or
     ``placeholder-p13``: a model learns to print them, and no translation can match them).
 
-    >>> hsk_records([{"id": "hsk1-0001", "hsk_level": 1, "chinese": "老师，您好！", "translation": {"en": "Hello, teacher!"}},
-    ...              {"id": "hsk3-0007", "hsk_level": 3, "chinese": "这件工艺品很美。", "translation": {"en": "placeholder-p2"}}])
+    >>> hsk_records([{"hsk_level": 1, "chinese": "老师，您好！", "translation": {"en": "Hello, teacher!"}},
+    ...              {"hsk_level": 3, "chinese": "这件工艺品很美。", "translation": {"en": "placeholder-p2"}}])
     [('老师，您好！', 'Hello, teacher!', 1)]
     """
     if not isinstance(records, list):

@@ -111,8 +111,8 @@ class Seq2SeqTransformer(nn.Module):
     vocabulary); otherwise ``src_wte`` (source_vocab_size, C) embeds the source. ``lm_head`` (C -> vocab_size)
     shares ``wte``'s weight with ``tie_weights``. Positions: learned (``encoder.wpe`` / ``decoder.wpe``), the
     sinusoidal table (non-persistent buffer ``pos_table``, sines then cosines as in Marian; the embeddings are
-    then scaled by sqrt(C) as in Vaswani et al.), or rotary (buffer ``rope``, on q and k of the self-attention of both stacks; none on
-    cross-attention).
+    then scaled by sqrt(C) as in Vaswani et al.), or rotary (buffer ``rope``, on q and k of the self-attention
+    of both stacks; none on cross-attention).
 
     >>> m = Seq2SeqTransformer(ModelConfig(name="seq2seq", vocab_size=50, n_layer=1, n_embd=16, n_head=2, block_size=8))
     >>> src, tgt = torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)
