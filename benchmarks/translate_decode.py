@@ -1,19 +1,20 @@
 """Decoding speed of a translation run on its test split: lmforge vs transformers on the same weights.
 
-The run is exported with ``lmforge export --format hf`` (a ``MarianMTModel`` folder, checked to give
-lmforge's greedy tokens), then both decode the run's test sources:
+The run is exported with ``lmforge export --format hf`` (a ``MarianMTModel`` folder, or
+``PegasusForConditionalGeneration`` for a pre-LN run, checked to give lmforge's greedy tokens), then both
+decode the run's test sources:
 
 - ``lmforge_beam5``: lmforge's batched beam search (beam 5, the run's length penalty and length limit,
   ``--batch`` sentences at a time, key / value cache, cross-attention keys / values once per source);
 - ``lmforge_greedy``: lmforge's batched greedy decoding;
-- ``hf_greedy_one``: ``MarianMTModel.generate`` greedy, one sentence at a time (the issue's reference);
+- ``hf_greedy_one``: the exported model's ``generate`` greedy, one sentence at a time (the issue's reference);
 - ``hf_beam5``: ``generate`` with ``num_beams=5``, ``--batch`` sentences at a time (the peer doing what
   lmforge does).
 
 Each is timed alternately (median of ``--repeats`` after one warm-up pass); sentences/s and test BLEU are
 reported, and ``ratio`` = lmforge_beam5 sentences/s / hf_greedy_one sentences/s (the target is >= 3).
-The run must be one Marian can express (post-LN, sinusoidal, shared embeddings): others are refused in
-one line. ``--smoke`` trains a tiny such run on generated pairs first.
+The run must be one those classes express (sinusoidal positions, shared embeddings): others are refused
+in one line. ``--smoke`` trains a tiny such run on generated pairs first.
 
     .venv/bin/python benchmarks/translate_decode.py --run runs/zh-en --threads 2
 """
@@ -46,7 +47,7 @@ def _smoke_run(work: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", help="a translation run dir (post-LN seq2seq, exportable as MarianMTModel)")
+    p.add_argument("--run", help="a translation run dir (a seq2seq run that exports with --format hf)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=32, help="sentences per batch for the batched decoders (default 32)")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     quiet_warnings()
     set_threads(args.threads)
-    from transformers import MarianMTModel
+    from transformers import AutoModelForSeq2SeqLM
 
     from lmforge.data.pair_batches import collate_pairs
     from lmforge.models.search import translate_ids
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = Path(args.run)
     export_run(run, "hf", work / "hf")
     cfg, model, tok = load_run(run)
-    hf = MarianMTModel.from_pretrained(work / "hf").eval()
+    hf = AutoModelForSeq2SeqLM.from_pretrained(work / "hf").eval()
     test = run_pairs(cfg, run, "test")
     block, t = cfg.model.block_size, cfg.translate
     src = encode_side(tok, test.sources, block)

@@ -1,8 +1,10 @@
 """``lmforge export`` of translation runs: ONNX encoder + decoder (greedy decoding in onnxruntime equals lmforge's)
-and MarianMTModel folders (only the layouts Marian expresses exactly; the rest refused in one line, nothing written)."""
+and MarianMTModel / PegasusForConditionalGeneration folders (post-LN / pre-LN: only the layouts they express exactly;
+the rest refused in one line, nothing written)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -30,6 +32,7 @@ LAYOUTS = {  # name -> seq2seq model fields (perturbed random weights)
     "post-ln-sinusoidal": dict(pos_emb="sinusoidal", tie_weights=False),
     "separate-learned": dict(source_vocab_size=-1, bias=False),  # -1: the tokenizer's size, a source_tokenizer.json
     "marian": dict(pos_emb="sinusoidal", decoder_layers=3),  # what MarianMTModel expresses
+    "pegasus": dict(pos_emb="sinusoidal", norm_first=True, n_layer=2, decoder_layers=3),  # pre-LN: Pegasus
 }
 
 
@@ -147,17 +150,19 @@ def _hf_greedy(hf, cfg, seqs, tok):
     return out
 
 
-def test_hf_marian_folder_generates_lmforge_greedy(tmp_path, tok):
-    run = make_s2s_run(tmp_path / "run", tok, "marian")
+@pytest.mark.parametrize("layout, cls", [("marian", "MarianMTModel"), ("pegasus", "PegasusForConditionalGeneration")])
+def test_hf_folder_generates_lmforge_greedy(tmp_path, tok, layout, cls):
+    run = make_s2s_run(tmp_path / "run", tok, layout)
     info = ex.export_run(run, "hf", tmp_path / "hf")
     out = tmp_path / "hf"
-    assert info["hf_class"] == "MarianMTModel" and info["max_abs_diff"] < 1e-4 and info["greedy_sentences_checked"] == 6
+    assert info["hf_class"] == cls and info["max_abs_diff"] < 1e-4 and info["greedy_sentences_checked"] == 6
     files = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "export.json"}
     assert files <= {p.name for p in out.iterdir()}
-    hf = transformers.MarianMTModel.from_pretrained(out).eval()
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()  # what a user would call
+    assert type(hf).__name__ == cls
     c = hf.config
     assert (c.decoder_start_token_id, c.eos_token_id, c.pad_token_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
-    assert c.scale_embedding and c.activation_function == "gelu" and c.share_encoder_decoder_embeddings
+    assert c.scale_embedding and c.activation_function == "gelu"
     cfg, model, _ = load_run(run)
     seqs = [[5, 9, 11, 30], [7, 8], list(range(20, 36))]
     ref = translate_ids(model, seqs, tok.bos_id, tok.eos_id, tok.pad_id, DecodeConfig(method="greedy"), max_positions=24)
@@ -175,6 +180,8 @@ def test_seq2seq_position_table_is_marians(C):
     torch.testing.assert_close(build(mcfg).pos_table, marian_positions(40, C), rtol=0, atol=1e-6)
     hf = transformers.MarianMTModel(_marian_config(mcfg))
     torch.testing.assert_close(hf.model.encoder.embed_positions.weight, marian_positions(40, C), rtol=0, atol=1e-6)
+    pegasus = transformers.PegasusForConditionalGeneration(_marian_config(dataclasses.replace(mcfg, norm_first=True)))
+    torch.testing.assert_close(pegasus.model.encoder.embed_positions.weight, marian_positions(40, C), rtol=0, atol=1e-6)
 
 
 def _marian_config(mcfg):
@@ -184,7 +191,7 @@ def _marian_config(mcfg):
 
 
 @pytest.mark.parametrize("over, message", [
-    (dict(norm_first=True), "model.norm_first: true cannot be exported as MarianMTModel (post-LN only)"),
+    (dict(norm_first=True, pos_emb="rope"), "model.pos_emb: rope cannot be exported as PegasusForConditionalGeneration"),
     (dict(pos_emb="learned"), "model.pos_emb: learned cannot be exported as MarianMTModel"),
     (dict(pos_emb="rope"), "model.pos_emb: rope cannot be exported as MarianMTModel"),
     (dict(tie_weights=False), "model.tie_weights: false cannot be exported as MarianMTModel"),

@@ -1,11 +1,14 @@
-"""Our Seq2SeqTransformer -> ``transformers.MarianMTModel``: what Marian can express, config, key map.
+"""Our Seq2SeqTransformer -> ``transformers.MarianMTModel`` (post-LN) or ``PegasusForConditionalGeneration``
+(pre-LN): what they can express, config, key map.
 
 Marian (BART-style, as in transformers) is post-LN with biases everywhere, LayerNorm eps 1e-5, one shared
 embedding for source, target and output layer (scaled by sqrt(d_model) with ``scale_embedding``), and a
 *fixed* sinusoidal position table that is not saved (``MarianSinusoidalPositionalEmbedding`` rebuilds it):
 sin of the C/2 frequencies in the first half of the columns, cos in the second, the layout lmforge's
 seq2seq model uses too (``sinusoidal_positions(..., halves=True)``). Both stacks use the exact erf GELU ->
-``activation_function: gelu``.
+``activation_function: gelu``. Pegasus is the same model with pre-LN layers and a final LayerNorm on each
+stack (``encoder.layer_norm`` / ``decoder.layer_norm``, our ``ln_f``), the layout of a pre-LN seq2seq
+(``model.norm_first: true``); its position table is Marian's, stored as a frozen weight.
 
 Keys: ours (GPT-2 names, fused ``c_attn``) -> Marian's (``q_proj`` / ``k_proj`` / ``v_proj`` / ``out_proj``,
 ``fc1`` / ``fc2``, ``self_attn_layer_norm`` / ``encoder_attn_layer_norm`` / ``final_layer_norm``).
@@ -31,14 +34,26 @@ def marian_positions(T: int, C: int) -> Tensor:
     return torch.cat([torch.sin(angle[:, 0::2]), torch.cos(angle[:, 1::2])], dim=1).float()  # ceil(C/2) sin, C//2 cos
 
 
+def hf_class_name(cfg: ModelConfig) -> str:
+    """The transformers class a seq2seq of ``cfg`` exports to: Marian for post-LN, Pegasus for pre-LN layers."""
+    return "PegasusForConditionalGeneration" if cfg.norm_first else "MarianMTModel"
+
+
+def hf_class(cfg: ModelConfig):
+    """The ``transformers`` class itself (see :func:`hf_class_name`)."""
+    import transformers
+
+    return getattr(transformers, hf_class_name(cfg))
+
+
 def not_in_marian(cfg: ModelConfig, tok: Any) -> str | None:
     """None if MarianMTModel computes exactly what a seq2seq of ``cfg`` does, else the one-line reason,
     ``"<field>: <value> cannot be exported as MarianMTModel (<why>)"``."""
-    def no(field: str, value: Any, why: str) -> str:
-        return f"{field}: {str(value).lower() if isinstance(value, bool) else value} cannot be exported as MarianMTModel ({why})"
+    name = hf_class_name(cfg)
 
-    if cfg.norm_first:
-        return no("model.norm_first", True, "post-LN only")
+    def no(field: str, value: Any, why: str) -> str:
+        return f"{field}: {str(value).lower() if isinstance(value, bool) else value} cannot be exported as {name} ({why})"
+
     if cfg.pos_emb != "sinusoidal":
         return no("model.pos_emb", cfg.pos_emb, "Marian's positions are a fixed sinusoidal table only")
     if cfg.source_vocab_size:
@@ -56,8 +71,9 @@ def not_in_marian(cfg: ModelConfig, tok: Any) -> str | None:
 
 
 def hf_marian_config(cfg: ModelConfig, bos_id: int, eos_id: int, pad_id: int, **overrides: Any):  # -> MarianConfig
-    """The ``transformers.MarianConfig`` of a seq2seq ``cfg`` that :func:`not_in_marian` accepts."""
-    from transformers import MarianConfig
+    """The ``transformers.MarianConfig`` (post-LN) or ``PegasusConfig`` (pre-LN) of a seq2seq ``cfg`` that
+    :func:`not_in_marian` accepts."""
+    from transformers import MarianConfig, PegasusConfig
 
     kwargs = dict(
         vocab_size=cfg.vocab_size, decoder_vocab_size=cfg.vocab_size, d_model=cfg.n_embd,
@@ -70,8 +86,10 @@ def hf_marian_config(cfg: ModelConfig, bos_id: int, eos_id: int, pad_id: int, **
         bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, decoder_start_token_id=bos_id,
         forced_eos_token_id=None,
     )
+    if cfg.norm_first:  # Pegasus always shares one embedding and has no separate decoder vocabulary
+        del kwargs["decoder_vocab_size"], kwargs["share_encoder_decoder_embeddings"]
     kwargs.update(overrides)
-    return MarianConfig(**kwargs)
+    return (PegasusConfig if cfg.norm_first else MarianConfig)(**kwargs)
 
 
 def _split3(sd: dict, key: str, C: int) -> tuple[Tensor, ...]:
@@ -92,7 +110,8 @@ def _attention(sd: dict, ours: str, hf: str, C: int, cross: bool = False) -> dic
 
 
 def seq2seq_to_marian_state_dict(sd: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
-    """Our state dict -> MarianMTModel's (every key, embed_positions included as Marian's own table)."""
+    """Our state dict -> MarianMTModel's, or PegasusForConditionalGeneration's for pre-LN (every key,
+    embed_positions included as Marian's own table)."""
     C, out = cfg.n_embd, {}
     wte = sd["wte.weight"]
     for key in ("model.shared.weight", "lm_head.weight", *(f"model.{s}.embed_tokens.weight" for s in ("encoder", "decoder"))):
@@ -113,4 +132,7 @@ def seq2seq_to_marian_state_dict(sd: dict[str, Tensor], cfg: ModelConfig) -> dic
                 out[f"{hf}.fc2.{kind}"] = sd[f"{ours}.mlp.c_proj.{kind}"]
                 for a, b in norms[stack].items():
                     out[f"{hf}.{b}.{kind}"] = sd[f"{ours}.{a}.{kind}"]
+        if cfg.norm_first:
+            for kind in ("weight", "bias"):
+                out[f"model.{stack}.layer_norm.{kind}"] = sd[f"{stack}.ln_f.{kind}"]
     return out

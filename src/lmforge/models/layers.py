@@ -20,7 +20,7 @@ def sinusoidal_positions(T: int, C: int, halves: bool = False) -> Tensor:
     ``PE[pos, 2i] = sin(pos / 10000^(2i/C))`` and ``PE[pos, 2i+1] = cos(pos / 10000^(2i/C))``,
     computed in float64 then rounded. An odd ``C`` ends with a sine column. ``halves`` puts the same
     columns in another order: the ceil(C/2) sines first, then the cosines (tensor2tensor's and
-    Marian's layout; the seq2seq model uses it, so its runs export to ``MarianMTModel``).
+    Marian's layout; the seq2seq model uses it, so its runs export to ``MarianMTModel`` or, pre-LN, Pegasus).
 
     >>> sinusoidal_positions(2, 4)
     tensor([[0.0000, 1.0000, 0.0000, 1.0000],

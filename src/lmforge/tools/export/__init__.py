@@ -14,8 +14,9 @@ What each model of a run becomes (inputs and logits are int64 / float32; B and T
     GPT classifier, last token  input_ids, attention_mask -> (B, L)        GPT2ForSequenceClassification
     other classifiers, LSTM     input_ids, attention_mask -> (B, L)        none: a one-line UserError
     (a GPT classifier with ``cls`` pooling ignores the mask, so its graph takes input_ids only)
-    seq2seq (translation)       encoder.onnx + decoder.onnx (one step,     MarianMTModel, only for layouts Marian
-                                past K / V in, present out): see .seq2seq  expresses (lmforge.hf.marian.not_in_marian)
+    seq2seq (translation)       encoder.onnx + decoder.onnx (one step,     MarianMTModel (post-LN) or Pegasus-
+                                past K / V in, present out): see .seq2seq  ForConditionalGeneration (pre-LN), for the
+                                                                           layouts they express (hf.marian.not_in_marian)
     lstm_seq2seq                none yet: a one-line UserError             none: a one-line UserError
 
 The package: this module (dispatch, GPT / BERT / classifiers), :mod:`.common` (tolerance, opset, helpers),
@@ -223,7 +224,7 @@ def check_hf(kind: str, cfg, model: nn.Module, tok) -> None:
     if kind == "seq2seq":
         from lmforge.hf.marian import not_in_marian
 
-        if why := not_in_marian(cfg.model, tok):  # "model.norm_first: true cannot be exported as MarianMTModel (...)"
+        if why := not_in_marian(cfg.model, tok):  # "model.pos_emb: rope cannot be exported as MarianMTModel (...)"
             raise UserError(f"{why}; use --format onnx")
         return
     if kind == "lstm-seq2seq":

@@ -304,14 +304,14 @@ def write_onnx(tmp: Path, run_dir: Path, cfg, model: nn.Module, tok, kind: str) 
     }
 
 
-# ----------------------------------------------------------------------------- Hugging Face (MarianMTModel)
+# ----------------------------------------------------------------------------- Hugging Face (Marian / Pegasus)
 def marian_parity(hf_model, model: nn.Module, cfg, tok) -> dict:
     """Teacher-forced logits of ``hf_model`` vs ``model`` (as :func:`logits_parity`), then greedy
     ``generate(num_beams=1, do_sample=False)`` vs ``translate_ids`` on random sources (one call per source,
     ``max_new_tokens`` = lmforge's length limit)."""
     from lmforge.models.search import DecodeConfig, translate_ids
     
-    m, t, pad = cfg.model, cfg.translate, tok.pad_id
+    m, t, pad, name = cfg.model, cfg.translate, tok.pad_id, type(hf_model).__name__
     gen, worst = torch.Generator().manual_seed(0), 0.0
     shapes = [(1, min(5, m.block_size), min(4, m.block_size)), (3, min(12, m.block_size), min(9, m.block_size))]
     with torch.no_grad():
@@ -321,7 +321,7 @@ def marian_parity(hf_model, model: nn.Module, cfg, tok) -> dict:
             got = hf_model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
             diff = (got - ref).abs().max().item() if got.shape == ref.shape else float("inf")
             if not diff < TOLERANCE:
-                raise UserError(f"Hugging Face (MarianMTModel) parity check failed at (batch, source, target) = ({B}, {S}, {T}): "
+                raise UserError(f"Hugging Face ({name}) parity check failed at (batch, source, target) = ({B}, {S}, {T}): "
                                 f"max |logit difference| {diff:.3g}, expected < {TOLERANCE:g}; nothing was written")
             worst = max(worst, diff)
         lens = torch.randint(1, min(12, m.block_size) + 1, (GREEDY_SENTENCES,), generator=gen).tolist()
@@ -335,32 +335,34 @@ def marian_parity(hf_model, model: nn.Module, cfg, tok) -> dict:
                                     num_beams=1, do_sample=False, max_new_tokens=limit)[0, 1:].tolist()
             out = out[: out.index(tok.eos_id)] if tok.eos_id in out else out
             if out != ref_ids[i]:
-                raise UserError(f"Hugging Face (MarianMTModel) greedy generate differs from lmforge's on random source {i + 1} "
+                raise UserError(f"Hugging Face ({name}) greedy generate differs from lmforge's on random source {i + 1} "
                                 f"({len(out)} vs {len(ref_ids[i])} tokens); nothing was written")
     return {"max_abs_diff": worst, "tolerance": TOLERANCE, "shapes_checked": [[B, S] for B, S, _ in shapes],
             "target_lengths_checked": [T for *_, T in shapes], "greedy_sentences_checked": len(seqs)}
 
 
 def write_marian(tmp: Path, run_dir: Path, cfg, model: nn.Module, tok, kind: str) -> dict:
-    """A MarianMTModel folder (config.json, model.safetensors, generation_config.json, tokenizer files), reloaded
-    with ``from_pretrained`` and checked; :func:`lmforge.tools.export.check_hf` has accepted the layout."""
-    from lmforge.hf.marian import hf_marian_config, seq2seq_to_marian_state_dict
-    
+    """A MarianMTModel folder (post-LN; PegasusForConditionalGeneration for pre-LN layers): config.json,
+    model.safetensors, generation_config.json, tokenizer files, reloaded with ``from_pretrained`` and checked;
+    :func:`lmforge.tools.export.check_hf` has accepted the layout."""
+    from lmforge.hf.marian import hf_class, hf_marian_config, seq2seq_to_marian_state_dict
+
     transformers = need("transformers")
+    cls = hf_class(cfg.model)
     hf_cfg = hf_marian_config(cfg.model, tok.bos_id, tok.eos_id, tok.pad_id)
-    hf_model = transformers.MarianMTModel(hf_cfg).eval()
+    hf_model = cls(hf_cfg).eval()
     hf_model.load_state_dict(seq2seq_to_marian_state_dict(model.state_dict(), cfg.model))  # strict: every key and shape
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()
     try:
         hf_model.save_pretrained(tmp, safe_serialization=True)
-        reloaded = transformers.MarianMTModel.from_pretrained(tmp).eval()  # what users will get
+        reloaded = cls.from_pretrained(tmp).eval()  # what users will get
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()
     write_hf_tokenizer(tmp, tok, classifier=False, max_length=cfg.model.block_size)
     check = marian_parity(reloaded, model, cfg, tok)
-    return {"hf_class": "MarianMTModel", "inputs": ["input_ids", "attention_mask", "decoder_input_ids"], **check,
+    return {"hf_class": cls.__name__, "inputs": ["input_ids", "attention_mask", "decoder_input_ids"], **check,
             "special_tokens": {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
                                "decoder_start_token_id": tok.bos_id},
             "runtime": f"transformers {transformers.__version__}"}
