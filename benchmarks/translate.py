@@ -6,10 +6,10 @@ Both train on hsk-zh-en's train split with the same joint BPE tokenizer (the one
 and the same token-count batches (lmforge's PairBatches), for ``--budget`` seconds of training each (the
 evaluations are not counted). The peer is a MarianMTModel built from a MarianConfig of the recipe's shape
 (layers, width, heads, 4x MLP, dropout, shared and tied embeddings, scaled embeddings; no download),
-trained with a standard recipe: AdamW (betas 0.9 / 0.98, weight decay 0.01), inverse-square-root
-schedule after a linear warmup (``--peer-lr`` 5e-4, ``--peer-warmup`` 400: Marian is post-LN, and lmforge's
-own post-LN twin of the recipe collapsed at the pre-LN recipe's 1e-3 / 200 but trains at 5e-4 / 400),
-label smoothing 0.1, gradient clipping 1.0, and the recipe's
+trained with a standard recipe: AdamW (betas 0.9 / 0.98), inverse-square-root schedule after a linear
+warmup, with the recipe's own peak LR, warmup steps and weight decay by default (``--peer-lr``,
+``--peer-warmup``, ``--peer-weight-decay`` change them: both are post-LN, and those values were tuned for
+that layout on this set, so a user would take them), label smoothing 0.1, gradient clipping 1.0, and the recipe's
 ``train.dtype`` (bf16 autocast for both when the recipe sets it: MarianMTModel runs ~1.2x faster with it
 here, so a user tuning it would turn it on too).
 
@@ -60,7 +60,7 @@ def lmforge_curve(cfg_path: str, overrides: dict, run: Path, budget: float, ever
     return curve
 
 
-def marian_peer(cfg, tok, batches, budget: float, every: float, test, lr: float, warmup: int):
+def marian_peer(cfg, tok, batches, budget: float, every: float, test, lr: float, warmup: int, weight_decay: float):
     """The peer's curve: MarianMTModel of cfg's shape on the same batches, for ``budget`` seconds of training."""
     from transformers import MarianConfig, MarianMTModel
 
@@ -76,7 +76,7 @@ def marian_peer(cfg, tok, batches, budget: float, every: float, test, lr: float,
                       decoder_start_token_id=tok.bos_id, forced_eos_token_id=tok.eos_id)
     torch.manual_seed(cfg.train.seed)
     model = MarianMTModel(mc)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
     warmup = max(1, warmup)
     src = encode_side(tok, test.sources, m.block_size)
     bf16 = cfg.train.dtype == "bfloat16"
@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--budget", type=float, default=600.0, help="training seconds for each system (default 600)")
     p.add_argument("--eval-every", type=float, default=60.0, help="score both every N training seconds (default 60)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--peer-lr", type=float, default=5e-4, help="the peer's peak LR (default 5e-4)")
-    p.add_argument("--peer-warmup", type=int, default=400, help="the peer's warmup steps (default 400)")
+    p.add_argument("--peer-lr", type=float, help="the peer's peak LR (default: the recipe's train.lr)")
+    p.add_argument("--peer-warmup", type=int, help="the peer's warmup steps (default: the recipe's)")
+    p.add_argument("--peer-weight-decay", type=float, help="the peer's AdamW weight decay (default: the recipe's)")
     p.add_argument("--smoke", action="store_true", help="generated pairs, tiny shapes, a few seconds")
     args = p.parse_args(argv)
     quiet_warnings()
@@ -159,7 +160,12 @@ def main(argv: list[str] | None = None) -> dict:
         data = (T.run_pairs(cfg, run, "train"), T.run_pairs(cfg, run, "val"), tok)
         batches = T.Translation().batches(cfg, tok, data)
         test = T.run_pairs(cfg, run, "test")
-        peer = marian_peer(cfg, tok, batches, args.budget, args.eval_every, test, args.peer_lr, args.peer_warmup)
+        tr = cfg.train
+        args.peer_lr = tr.lr if args.peer_lr is None else args.peer_lr
+        args.peer_warmup = tr.warmup_steps if args.peer_warmup is None else args.peer_warmup
+        args.peer_weight_decay = tr.weight_decay if args.peer_weight_decay is None else args.peer_weight_decay
+        peer = marian_peer(cfg, tok, batches, args.budget, args.eval_every, test, args.peer_lr, args.peer_warmup,
+                           args.peer_weight_decay)
         from lmforge.tools.evaluate import evaluate_run
 
         beam5 = evaluate_run(run, split="test", beam=5)
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
            "ratio": ratio(t_reach, args.budget) if t_reach is not None else None,
            "lmforge_beam5_bleu": beam5["bleu"], "lmforge_beam5_sentences_per_s": beam5["sentences_per_s"],
            "test_sentences": len(test), "dtype": cfg.train.dtype, "peer_lr": args.peer_lr, "peer_warmup": args.peer_warmup,
+           "peer_weight_decay": args.peer_weight_decay, "work_dir": str(work),
            "ratios": {"time_to_peer_final": ratio(t_reach, args.budget) if t_reach is not None else None},
            **machine(args.threads, 1), **mon.report()}
     return emit(out)
