@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/results.py runs/bench/results.jsonl > benchmarks/RESULTS.md
 
 ``make bench`` runs every benchmark, appends the last stdout line of each to
-``runs/bench/results.jsonl`` and calls this. Known benchmarks (peak, train, generate, encoder, speedrun) get a
-table of their own; any other JSON object with a ``benchmark`` key gets its scalar fields and ratios.
+``runs/bench/results.jsonl`` and calls this. Known benchmarks (peak, train, generate, encoder, speedrun, translate,
+translate_decode) get a table of their own; any other JSON object with a ``benchmark`` key gets its scalar fields and ratios.
 """
 
 from __future__ import annotations
@@ -103,7 +103,32 @@ def generic(r: dict) -> list[str]:
     return lines
 
 
-RENDER = {"peak": peak, "train": train, "generate": generate, "encoder": encoder, "speedrun": speedrun}
+def translate(r: dict) -> list[str]:
+    curve = lambda c: ", ".join(f"{p['seconds']:.0f} s {p['bleu']:.2f}" for p in c)  # noqa: E731
+    lines = [f"zh -> en on hsk-zh-en, {r['budget_s']:.0f} s of training each ({r['dtype']}), test BLEU of greedy "
+             f"decoding on {r['test_sentences']} sentences as training goes. MarianMTModel of the recipe's shape, lr "
+             f"{r['peer_lr']:g}, warmup {r['peer_warmup']}, weight decay {r.get('peer_weight_decay', 0.01):g}.", ""]
+    lines += table(["system", "steps", "final test BLEU", "curve (train seconds, BLEU)"],
+                   [["lmforge recipe", r["lmforge"][-1]["steps"], r["lmforge_final_bleu"], curve(r["lmforge"])],
+                    ["MarianMTModel", r["marian"][-1]["steps"], r["marian_final_bleu"], curve(r["marian"])]])
+    t = r["lmforge_seconds_to_marian_final"]
+    reached = (f"lmforge reaches Marian's final BLEU after {t:.0f} s: **{fmt(r['ratio'])}** of the budget (target <= 0.5)"
+               if t is not None else "lmforge never reaches Marian's final BLEU")
+    return lines + [f"{reached}. lmforge at the end, beam 5: {fmt(r['lmforge_beam5_bleu'])} BLEU, "
+                    f"{fmt(r['lmforge_beam5_sentences_per_s'])} sentences/s.", ""]
+
+
+def translate_decode(r: dict) -> list[str]:
+    keys = [k for k in ("lmforge_beam5", "lmforge_greedy", "hf_greedy_one", "hf_beam5") if k in r]
+    lines = [f"The run's {r['test_sentences']} test sentences, batched decoders {r['batch']} at a time; the HF model is "
+             f"the run's `export --format hf` folder (greedy outputs identical: {r['greedy_outputs_identical']}).", ""]
+    lines += table(["decoder", "sentences/s", "test BLEU", "seconds"],
+                   [[k, r[k]["sentences_per_s"], r[k]["bleu"], r[k]["seconds"]] for k in keys])
+    return lines + table(["ratio", "value"], list(r["ratios"].items()))
+
+
+RENDER = {"peak": peak, "train": train, "generate": generate, "encoder": encoder, "speedrun": speedrun,
+          "translate": translate, "translate_decode": translate_decode}
 
 
 def render(records: list[dict]) -> str:

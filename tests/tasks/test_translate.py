@@ -150,5 +150,5 @@ def test_the_recipe_trains_on_hsk_zh_en(tmp_path, capsys):
     assert main(["evaluate", str(run), "--split", "test", "--max-batches", "1", "--json", str(tmp_path / "t.json")]) == 0
     assert {"bleu", "chrf", "signature"} <= json.loads((tmp_path / "t.json").read_text()).keys()
     assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
-    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0  # pre-LN: Pegasus' layout
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["PegasusForConditionalGeneration"]
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0  # post-LN: Marian's layout
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["MarianMTModel"]
