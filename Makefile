@@ -32,7 +32,7 @@ demo: setup
 # Every benchmarks/*.py that is a benchmark (peak first: the others read its figures), each printing one
 # JSON line, collected into runs/bench/results.jsonl; then benchmarks/RESULTS.md is rewritten from them.
 # ~23 min on 2 cores from a fresh clone, set-up included (speedrun.py ~15). BENCH_ARGS is passed to each (e.g. BENCH_ARGS=--threads=1).
-BENCH_SKIP := _common peak results baselines load_serve profiles encoder_layouts error_audit translate_decode
+BENCH_SKIP := _common peak results baselines load_serve profiles encoder_layouts error_audit translate_decode translate_profile
 BENCHES     = peak $(filter-out $(BENCH_SKIP),$(basename $(notdir $(wildcard benchmarks/*.py))))
 
 bench: setup

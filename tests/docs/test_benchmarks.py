@@ -183,3 +183,10 @@ def test_translate_decode_smoke(bench, capsys):
     n = out["test_sentences"]
     assert n > 0 and out["greedy_outputs_identical"] == f"{n}/{n}"  # the same weights decode the same greedy tokens
     assert out["ratio"] == out["ratios"]["lmforge_beam5_vs_hf_greedy_one"] > 0
+
+
+def test_translate_profile_smoke(bench, capsys):
+    out = bench("translate_profile").main(["--smoke", "--threads", "1"])
+    assert last_json(capsys) == out and out["benchmark"] == "translate_profile"
+    assert out["steps_per_s"] > 0 and out["gflop_per_step"] > 0 and 0 < sum(out["op_shares"].values()) <= 1.0001
+    assert any(k in out["op_shares"] for k in ("aten::mm", "aten::addmm", "aten::bmm"))  # the products are profiled
