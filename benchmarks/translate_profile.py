@@ -4,9 +4,10 @@
 
 Builds the run's model from its config (fresh weights: the step's cost does not depend on them), then
 times ``--steps`` training steps (forward under the recipe's autocast, the recipe's label-smoothed loss,
-backward, AdamW) after 5 warm-up steps, and profiles as many more. Prints JSON: steps/s, the estimated
-GFLOP of a step (6 x matrix parameters x tokens), and each op's share of the profiled CPU time (the
-top ``--top``). ``--smoke`` trains a tiny run first (as translate_decode.py does).
+backward, the recipe's gradient clipping, AdamW) after 5 warm-up steps, and profiles as many more. Prints
+JSON: steps/s, the estimated GFLOP of a step (6 x each stack's matrix parameters x the tokens it reads:
+the encoder's the source tokens, the decoder's and the output layer's the target tokens), and each op's
+share of the profiled CPU time (the top ``--top``). ``--smoke`` trains a tiny run first (as translate_decode.py does).
 """
 
 from __future__ import annotations
@@ -54,15 +55,17 @@ def main(argv: list[str] | None = None) -> dict:
     model = build(cfg.model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     bf16 = cfg.train.dtype == "bfloat16"
-    tokens = []
+    tokens = []  # (source, target) tokens of each step
 
     def step(i: int) -> None:
         x, y = batches.train_batch(i, 0, 1)
-        tokens.append(x["src"].numel() + x["tgt"].numel())
+        tokens.append((x["src"].numel(), x["tgt"].numel()))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = T.smoothed_loss(model(x["src"], x["src_mask"], x["tgt"]), y, cfg.translate.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
 
     for i in range(5):
@@ -77,9 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
     ops = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in ops) or 1
     top = sorted(ops, key=lambda e: -e.self_cpu_time_total)[: args.top]
-    matrix = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "wte" not in n)
-    matrix += cfg.model.vocab_size * cfg.model.n_embd  # the output layer (tied to wte)
-    gflop = 6 * matrix * (sum(tokens) / len(tokens)) / 2 / 1e9  # each token passes one stack: about half the matrices
+    def matrices(stack: str) -> int:
+        return sum(p.numel() for n, p in model.named_parameters() if n.startswith(stack) and p.dim() == 2 and "wpe" not in n)
+
+    dec = matrices("decoder.") + cfg.model.vocab_size * cfg.model.n_embd  # + the output layer (tied to wte)
+    src, tgt = (sum(t[j] for t in tokens) / len(tokens) for j in (0, 1))
+    gflop = 6 * (matrices("encoder.") * src + dec * tgt) / 1e9
     out = {"benchmark": "translate_profile", "run": str(run), "dtype": cfg.train.dtype, "steps_per_s": round(steps_per_s, 3),
            "gflop_per_step": round(gflop, 3), "gflops": round(gflop * steps_per_s, 1),
            "op_shares": {e.key: round(e.self_cpu_time_total / total, 4) for e in top},

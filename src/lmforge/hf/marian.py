@@ -47,8 +47,8 @@ def hf_class(cfg: ModelConfig):
 
 
 def not_in_marian(cfg: ModelConfig, tok: Any) -> str | None:
-    """None if MarianMTModel computes exactly what a seq2seq of ``cfg`` does, else the one-line reason,
-    ``"<field>: <value> cannot be exported as MarianMTModel (<why>)"``."""
+    """None if the class of :func:`hf_class_name` (Marian, or Pegasus for pre-LN) computes exactly what a
+    seq2seq of ``cfg`` does, else the one-line reason, ``"<field>: <value> cannot be exported as <class> (<why>)"``."""
     name = hf_class_name(cfg)
 
     def no(field: str, value: Any, why: str) -> str:
