@@ -134,12 +134,12 @@ def test_evaluate_and_predict_a_classifier(base, capsys, tmp_path):
     assert {"accuracy", "macro_f1", "confusion"} <= r.keys() and r["accuracy"] >= 0.85
     assert sum(map(sum, r["confusion"])) == r["examples"] == 240
     capsys.readouterr()
-    assert main(["predict", str(run), "the people sing of bread", "the king walks at night"]) == 0
+    assert main(["predict", str(run), "the people sing of bread", "the king and queen walk at night"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["positive", "negative"]
     assert all(0.5 <= float(line.split("\t")[1]) <= 1.0 for line in lines)
     inputs = tmp_path / "in.jsonl"  # the same texts from a file, after one given as an argument
-    inputs.write_text('{"text": "the people sing of bread", "id": 1}\n{"text": "the king walks at night"}\n')
+    inputs.write_text('{"text": "the people sing of bread", "id": 1}\n{"text": "the king and queen walk at night"}\n')
     assert main(["predict", str(run), "queen and bread", "--input", str(inputs)]) == 0
     again = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
     assert [(a[0], a[2]) for a in again] == [(b.split("\t")[0], b.split("\t")[2]) for b in lines]

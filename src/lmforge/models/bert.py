@@ -29,12 +29,11 @@ convention); padded keys get an additive ``finfo.min`` bias, so no real token at
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import torch  # noqa: F401  (the doctests use it)
 from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
-from lmforge.models.layers import MLP, MultiHeadAttention, rope_table, sinusoidal_positions
+from lmforge.models.layers import MLP, Dropout, MultiHeadAttention, padded_attention, rope_table, sinusoidal_positions
 
 
 class SelfAttention(MultiHeadAttention):
@@ -44,11 +43,7 @@ class SelfAttention(MultiHeadAttention):
         """``keep``: bool (B, 1, 1, T), True for keys that may be attended to (None = all); ``rope``
         (2, T, hs // 2): rotary rows that rotate q and k (``pos_emb=rope``)."""
         q, k, v = self.qkv(x, rope)  # (B, H, T, hs) each
-        bias = None
-        if keep is not None:  # additive, in q's dtype (autocast): 0 to keep, the dtype's min to drop
-            bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
-        p = self.dropout if self.training else 0.0
-        return self.out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p))
+        return self.out(padded_attention(q, k, v, keep, self.dropout if self.training else 0.0))
 
 
 class Layer(nn.Module):
@@ -98,7 +93,7 @@ class BERT(nn.Module):
             self.register_buffer("pos_table", sinusoidal_positions(cfg.block_size, C), persistent=False)
         self.wtt = nn.Embedding(cfg.type_vocab_size, C)
         self.ln_e = nn.LayerNorm(C, eps=cfg.norm_eps, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.h = nn.ModuleList(Layer(cfg, i) for i in range(cfg.n_layer))
         if cfg.norm_first:  # pre-LN layers leave the residual stream unnormalised: one LayerNorm at the end
             self.ln_f = nn.LayerNorm(C, eps=cfg.norm_eps, bias=cfg.bias)

@@ -19,6 +19,7 @@ from lmforge.config import ModelConfig
 from lmforge.models.layers import (
     MLP,
     CausalSelfAttention,
+    Dropout,
     KVCache,
     norm_layer,
     rope_table,
@@ -67,7 +68,7 @@ class GPT(nn.Module):
             dict(
                 wte=nn.Embedding(cfg.vocab_size, C),
                 **({"wpe": nn.Embedding(cfg.block_size, C)} if cfg.pos_emb == "learned" else {}),
-                drop=nn.Dropout(cfg.dropout),
+                drop=Dropout(cfg.dropout),
                 h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),
                 ln_f=norm_layer(cfg.norm, C, cfg.norm_eps, cfg.bias),
             )

@@ -133,21 +133,60 @@ class KVCache:
         self.pos = 0
 
 
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """``F.dropout(x, p, training)``, with a cheaper mask on CPU: one int32 draw gives two int16 lanes,
+    and a lane keeps its element when it is at least ``round(p * 2^16) - 2^15``. So p is rounded to a
+    multiple of 2^-16 and the kept elements are scaled by 1 / (1 - that p): the expectation stays x.
+    CPU's ``bernoulli_`` draws one value per element (a fifth of a bf16 translation step here,
+    docs/results.md); this halves the mask's cost. Other devices keep ``F.dropout`` (fused there)."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training)
+    cut = int(round(p * 65536))
+    n = x.numel()
+    lanes = torch.empty((n + 1) // 2, dtype=torch.int32).random_(-(2**31), 2**31 - 1).view(torch.int16)
+    keep = lanes[:n].view(x.shape) >= cut - 32768
+    return x * keep * (65536 / (65536 - cut))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with :func:`dropout`'s cheaper CPU mask (same ``p``, ``inplace`` ignored, state dict empty)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
     """``softmax(q k^T / sqrt(hs), masked) v``: two matmuls and a softmax, all in q's dtype.
 
-    q (B, H, T, hs), k and v (B, H, L, hs), ``mask`` (T, L) bool, True = may attend (None: all). For bf16
-    on CPU this is ~1.6x faster than SDPA in training at T <= 512 and 1.6-6x faster for one decoded
-    token. Precision: the CPU softmax kernel computes in float32 and rounds once (a bf16 softmax equals
-    the float32 softmax of the same scores rounded to bf16), and 1/sqrt(hs) is exact for hs = 4^n.
+    q (B, H, T, hs), k and v (B, H, L, hs), ``mask`` bool broadcastable to (B, H, T, L), e.g. (T, L)
+    causal or (B, 1, 1, L) padding, True = may attend (None: all); masked scores get the dtype's min, so
+    a row with no key left stays finite (uniform), as SDPA's additive-bias path does. For bf16 on CPU
+    this is ~1.6-4x faster than SDPA in training at T <= 128 and 1.6-6x faster for one decoded token
+    (docs/results.md). Precision: the CPU softmax kernel computes in float32 and rounds once (a bf16
+    softmax equals the float32 softmax of the same scores rounded to bf16), and 1/sqrt(hs) is exact for hs = 4^n.
     """
     att = torch.matmul(q * (1.0 / math.sqrt(q.size(-1))), k.transpose(-2, -1))  # (B, H, T, L)
     if mask is not None:
-        att = att.masked_fill_(~mask, float("-inf"))
+        att = att.masked_fill_(~mask, torch.finfo(att.dtype).min)
     att = att.softmax(dim=-1)
     if dropout_p > 0:
-        att = F.dropout(att, dropout_p)
+        att = dropout(att, dropout_p)
     return torch.matmul(att, v)  # (B, H, T, hs)
+
+
+def padded_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
+    """Attention of q (B, H, T, hs) over k, v (B, H, L, hs) with a padding mask ``keep`` (bool (B, 1, 1, L),
+    True = a real key; None = all) -> (B, H, T, hs). In bf16 / fp16 on CPU :func:`softmax_attention`
+    (SDPA's CPU kernel is 2-4x slower there in training at these lengths, docs/results.md); elsewhere SDPA
+    with an additive bias in q's dtype (0 to keep, the dtype's min to drop)."""
+    if q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu":
+        return softmax_attention(q, k, v, keep, dropout_p)
+    bias = None
+    if keep is not None:
+        bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
 
 
 class MultiHeadAttention(nn.Module):
@@ -164,7 +203,7 @@ class MultiHeadAttention(nn.Module):
         D = n_head * self.head_size  # == n_embd unless heads were pruned
         self.c_attn = nn.Linear(n_embd, 3 * D, bias=bias)
         self.c_proj = nn.Linear(D, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
         self.n_head, self.dropout, self.qk_norm = n_head, dropout, qk_norm
         if qk_norm:
             self.q_norm, self.k_norm = RMSNorm(self.head_size, eps=norm_eps), RMSNorm(self.head_size, eps=norm_eps)
@@ -248,7 +287,7 @@ class MLP(nn.Module):
         if activation == "gelu":
             self.gelu = nn.GELU(approximate=approximate)
         self.c_proj = nn.Linear(n_inner, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.c_fc(x)  # (B, T, I), swiglu (B, T, 2I)

@@ -19,13 +19,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import UserError
 from lmforge.models.bert import Layer as EncoderLayer
-from lmforge.models.layers import MLP, CausalSelfAttention, KVCache, rope_table, sinusoidal_positions
+from lmforge.models.layers import MLP, CausalSelfAttention, Dropout, KVCache, padded_attention, rope_table, sinusoidal_positions
 
 
 class CrossAttention(nn.Module):
@@ -33,7 +32,7 @@ class CrossAttention(nn.Module):
     the decoder states, the fused ``c_attn`` (C -> 2C, key | value) the memory, ``c_proj`` merges the heads.
 
     :meth:`kv` projects the memory once per source; :meth:`forward` reuses it at every decoding step.
-    Padded source keys (``keep`` False) get an additive ``finfo.min`` bias, so they take no weight.
+    Padded source keys (``keep`` False) take no weight (:func:`~lmforge.models.layers.padded_attention`).
     """
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True) -> None:
@@ -43,7 +42,7 @@ class CrossAttention(nn.Module):
         self.q_attn = nn.Linear(n_embd, n_embd, bias=bias)
         self.c_attn = nn.Linear(n_embd, 2 * n_embd, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
 
     def kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """memory (B, S, C) -> k, v, each (B, H, S, hs)."""
@@ -58,9 +57,7 @@ class CrossAttention(nn.Module):
         k, v = kv
         if k.dtype != q.dtype:  # e.g. memory projected outside autocast, decoded inside
             k, v = k.to(q.dtype), v.to(q.dtype)
-        bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, H, T, hs)
+        y = padded_attention(q, k, v, keep, self.dropout if self.training else 0.0)  # (B, H, T, hs)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
 
 
@@ -131,13 +128,13 @@ class Seq2SeqTransformer(nn.Module):
             self.src_wte = nn.Embedding(cfg.source_vocab_size, C)
         self.encoder = nn.ModuleDict(dict(
             **({"wpe": nn.Embedding(cfg.block_size, C)} if learned else {}),
-            drop=nn.Dropout(cfg.dropout),
+            drop=Dropout(cfg.dropout),
             h=nn.ModuleList(EncoderLayer(cfg, i) for i in range(cfg.n_layer)),
             **({"ln_f": nn.LayerNorm(C, eps=cfg.norm_eps, bias=cfg.bias)} if cfg.norm_first else {}),
         ))
         self.decoder = nn.ModuleDict(dict(
             **({"wpe": nn.Embedding(cfg.block_size, C)} if learned else {}),
-            drop=nn.Dropout(cfg.dropout),
+            drop=Dropout(cfg.dropout),
             h=nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_decoder_layers)),
             **({"ln_f": nn.LayerNorm(C, eps=cfg.norm_eps, bias=cfg.bias)} if cfg.norm_first else {}),
         ))

@@ -96,7 +96,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
         return _build_muon(model, cfg, lr_scale)
     groups = param_groups(model, cfg.weight_decay, lr_scale)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+        return _adamw(groups, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.optimizer == "rmsprop":
@@ -117,7 +117,15 @@ def _build_muon(model: torch.nn.Module, cfg: TrainConfig, lr_scale: Callable[[st
     muon = torch.optim.Muon(muon_groups, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
                             adjust_lr_fn="match_rms_adamw")
     rest = param_groups(model, cfg.weight_decay, lr_scale, select=lambda p: id(p) not in ids)
-    return MuonAdamW(muon, torch.optim.AdamW(rest, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8))
+    return MuonAdamW(muon, _adamw(rest, cfg))
+
+
+def _adamw(groups: list[dict], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all parameters) when every parameter is a float tensor on CPU or CUDA:
+    on CPU ~4x faster than the per-parameter loop (docs/results.md), the same update up to rounding."""
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused or None)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
