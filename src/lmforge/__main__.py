@@ -110,11 +110,11 @@ def _finetune_parser(verbs) -> None:
 
 def _train_parser(verbs) -> None:
     tr = verbs.add_parser("train", help="train any task's recipe into a run dir (the task comes from the recipe: lm, "
-                          "mlm, rtd, classify, translate); resumable")
+                          "mlm, rtd, classify, translate, image); resumable")
     tr.add_argument("--config", type=path_arg, help="YAML recipe, e.g. configs/translate-zh-en.yaml")
     tr.add_argument("--out", type=path_arg, help="run directory to create")
     tr.add_argument("--resume", type=path_arg, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    _add_config_options(tr, ("model", "data", "train", "finetune", "lora", "translate"))
+    _add_config_options(tr, ("model", "data", "train", "finetune", "lora", "translate", "image"))
     tr.set_defaults(func=cmd_train)
 
 
@@ -159,6 +159,9 @@ def _evaluate_parser(verbs) -> None:
                     "kept with train.keep_best), not its last")
     ev.add_argument("--max-batches", type=int, default=None, help="cap the number of evaluation batches")
     ev.add_argument("--json", type=path_arg, default=None, metavar="OUT", help="also write the result to this JSON file")
+    ev.add_argument("--plot", type=path_arg, nargs="?", const=True, default=None, metavar="DIR",
+                    help="image runs: also write the confusion matrix and the worst-classified images as PNGs to DIR "
+                         "(default RUN/plots)")
     ev.add_argument("--compile", action="store_true", help="torch.compile the model first (faster on large sets, "
                     "int8 runs above all; the first batches compile for a few seconds)")
     ev.set_defaults(func=cmd_evaluate)

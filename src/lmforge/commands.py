@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from lmforge.errors import UserError
 
@@ -22,10 +23,16 @@ def cmd_data_list(args) -> None:
 def cmd_data_get(args) -> None:
     from lmforge.data.registry import get
 
-    path = get(args.name)
+    if args.name == "digits":  # scikit-learn's, prepared locally (lmforge.data.images)
+        from lmforge.data.images import registered_dir
+
+        path = registered_dir("digits")
+    else:
+        path = get(args.name)
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     unit = {"labelled": "examples", "pairs": "pairs"}.get(meta.get("content"), "lines")
-    splits = [f"{meta[s]['lines']:,} {s} {unit} ({meta[s]['chars']:,} chars)" for s in ("train", "val", "test") if s in meta]
+    splits = [f"{meta[s]['images']:,} {s} images" if "images" in meta[s] else
+              f"{meta[s]['lines']:,} {s} {unit} ({meta[s]['chars']:,} chars)" for s in ("train", "val", "test") if s in meta]
     print(f"{args.name}: {', '.join(splits)} in {path}" if splits else str(path))
 
 
@@ -108,7 +115,7 @@ def cmd_evaluate(args) -> None:
     result = evaluate_run(args.run_dir, data=args.data, split=args.split, max_batches=args.max_batches,
                           text_column=args.text_column, label_column=args.label_column, compile=args.compile,
                           source_column=args.source_column, target_column=args.target_column, beam=args.beam,
-                          best=args.best)
+                          best=args.best, plot=str(Path(args.run_dir) / "plots") if args.plot is True else args.plot)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.json is not None:
         from lmforge.runs.files import atomic_write_text

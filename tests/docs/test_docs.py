@@ -223,3 +223,20 @@ def test_readme_python_example_runs(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "test accuracy" in p.stdout and "parameters" in p.stdout
     assert (cwd / "runs" / "lm" / "model.safetensors").exists() and (cwd / "runs" / "clf" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_images_quick_block_runs(tmp_path):
+    """docs/images.md's digits block as written: train, evaluate --plot, predict (on a digit saved as PNG)."""
+    from PIL import Image
+
+    from lmforge.data.images import load_images
+
+    cwd = scratch(tmp_path)
+    Image.fromarray(load_images("digits", "test").images[0, 0].numpy()).save(cwd / "digit.png")
+    cmds = commands(code_blocks(section(REPO / "docs" / "images.md", "## Quick start (digits, seconds)"))[0])
+    out = run_commands(cmds, cwd)
+    assert json.loads((cwd / "digits-test.json").read_text())["accuracy"] > 0.5
+    assert sorted(p.name for p in (cwd / "runs" / "digits-cnn" / "plots").iterdir()) == ["confusion-test.png", "worst-test.png"]
+    label, prob, name = out[cmds[-1]].strip().split("\t")
+    assert label in "0123456789" and 0 < float(prob) <= 1 and name == "digit.png"

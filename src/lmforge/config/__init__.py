@@ -23,12 +23,13 @@ from typing import Any
 import yaml
 
 from lmforge.config.fields import show
+from lmforge.config.image import ImageConfig
 from lmforge.config.model import ModelConfig
 from lmforge.config.sections import CompressSection, DataConfig, DistillSection, FinetuneConfig, LoRAConfig, TrainConfig
 from lmforge.config.translate import TranslateConfig
 from lmforge.errors import UserError
 
-__all__ = ["CompressSection", "DataConfig", "DistillSection", "FinetuneConfig", "LoRAConfig", "ModelConfig",
+__all__ = ["CompressSection", "DataConfig", "DistillSection", "FinetuneConfig", "ImageConfig", "LoRAConfig", "ModelConfig",
            "RunConfig", "TrainConfig", "TranslateConfig", "apply_overrides", "coerce", "from_dict", "load_config", "load_yaml",
            "option_specs", "save_config"]
 
@@ -51,14 +52,16 @@ class RunConfig:
     compress: CompressSection = field(default_factory=CompressSection)
     distill: DistillSection = field(default_factory=DistillSection)
     translate: TranslateConfig = field(default_factory=TranslateConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
 
     def __post_init__(self) -> None:
         # A run that trains its own tokenizer (no data.tokenizer, no base model, not made from another run) gets
         # one of at least 256 bytes + 5 special tokens: a smaller model.vocab_size can only fail, so fail now,
         # before the tokenizer is trained, not after.
+        VISION = ("cnn", "resnet", "vit")  # lmforge.models.VISION: image models read pixels, no tokenizer
         MIN_VOCAB_SIZE = 261  # lmforge.tokenizer.MIN_VOCAB_SIZE, without importing tokenizers here
         m, ft = self.model, self.finetune
-        own_tokenizer = not (self.data.tokenizer or ft.base or ft.base_hf or self.compress.source)
+        own_tokenizer = not (self.data.tokenizer or ft.base or ft.base_hf or self.compress.source or m.name in VISION)
         if own_tokenizer and 0 < m.vocab_size < MIN_VOCAB_SIZE:
             raise UserError(f"model.vocab_size: expected 0 (take the tokenizer's) or at least {MIN_VOCAB_SIZE} (the "
                             f"tokenizer trained on data.path has 256 bytes + 5 special tokens), got {m.vocab_size}")
@@ -80,7 +83,7 @@ class RunConfig:
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
                              "finetune": FinetuneConfig, "lora": LoRAConfig, "compress": CompressSection,
-                             "distill": DistillSection, "translate": TranslateConfig}
+                             "distill": DistillSection, "translate": TranslateConfig, "image": ImageConfig}
 
 
 def _field_types(section_cls: type) -> dict[str, type]:

@@ -12,7 +12,8 @@ from lmforge.errors import UserError
 class ModelConfig:
     name: str = F("gpt", "model family: gpt (causal decoder) | bert (bidirectional encoder) | electra (a bert encoder "
                          "pretrained by replaced-token detection) | lstm (baseline classifier) | seq2seq (encoder-decoder "
-                         "Transformer, for translation) | lstm_seq2seq (LSTM encoder-decoder with attention)")
+                         "Transformer, for translation) | lstm_seq2seq (LSTM encoder-decoder with attention) | cnn (conv -> ReLU -> "
+                         "pool blocks, then fully connected) | resnet (a small residual network) | vit (vision Transformer)")
     vocab_size: int = F(0, "vocabulary size; 0 = take it from the tokenizer (seq2seq: the target side's)")
     source_vocab_size: int = F(0, "seq2seq, lstm_seq2seq: source vocabulary of a run with one tokenizer per side (a "
                                   "separate encoder embedding); 0 = one joint vocabulary and one embedding shared by "
@@ -39,13 +40,24 @@ class ModelConfig:
     attention: str = F("luong", "lstm_seq2seq: luong (general, multiplicative) | bahdanau (additive) attention")
     generator_layers: int = F(1, "electra: layers of the masked-LM generator (width n_embd, embeddings shared with the "
                                  "encoder)")
+    image_size: int = F(0, "cnn, resnet, vit: input height = width in pixels; 0 = the data's (the recipe sets it)")
+    in_channels: int = F(0, "cnn, resnet, vit: input channels; 0 = the data's (the recipe sets it)")
+    num_classes: int = F(0, "cnn, resnet, vit: output classes; 0 = the data's labels (the recipe sets it)")
+    channels: str = F("", "cnn, resnet: width of each stage, comma-separated; empty = 32,64 (cnn) or 16,32,64 (resnet). "
+                          "A cnn stage is n_layer conv-BN-ReLU then a 2x2 max-pool, a resnet stage n_layer basic blocks")
+    batch_norm: bool = F(True, "cnn: batch norm after each convolution")
+    patch_size: int = F(4, "vit: patch side in pixels (image_size must be a multiple of it)")
+    pooling: str = F("cls", "vit: cls (a class token) | mean (the mean of the patch tokens)")
+    channels_last: bool = F(False, "cnn, resnet: keep activations in channels-last memory format")
     layer_n_head: str = F("", "heads in each block, comma-separated (set by structured pruning); empty = n_head in "
                               "every block. The head size stays n_embd // n_head")
     layer_n_inner: str = F("", "MLP width of each block, comma-separated (set by structured pruning); empty = 4 * n_embd "
                                "(swiglu: see model.mlp)")
 
     def __post_init__(self) -> None:
-        check_choice("model", "name", self.name, ("gpt", "bert", "electra", "lstm", "seq2seq", "lstm_seq2seq"))
+        check_choice("model", "name", self.name, ("gpt", "bert", "electra", "lstm", "seq2seq", "lstm_seq2seq", "cnn",
+                                                  "resnet", "vit"))
+        self._check_vision()
         check_choice("model", "attention", self.attention, ("luong", "bahdanau"))
         check_int("model.decoder_layers", self.decoder_layers, 0)
         check_int("model.source_vocab_size", self.source_vocab_size, 0)
@@ -77,6 +89,30 @@ class ModelConfig:
         for k in ("layer_n_head", "layer_n_inner"):
             _per_layer(k, getattr(self, k), self.n_layer)
         self._check_seq2seq()
+
+    def _check_vision(self) -> None:
+        """The fields only the image models read, checked whatever the family (each a UserError naming the field)."""
+        for k in ("image_size", "in_channels", "num_classes"):
+            check_int(f"model.{k}", getattr(self, k), 0)
+        check_positive("model", "patch_size", self.patch_size)
+        check_choice("model", "pooling", self.pooling, ("cls", "mean"))
+        if self.channels:
+            parts = [p.strip() for p in self.channels.split(",")]
+            if not all(p.isdigit() and int(p) > 0 for p in parts):
+                raise UserError(f"model.channels: expected positive integers separated by commas, got {show(self.channels)}")
+        vision = self.name in ("cnn", "resnet", "vit")
+        if not vision and (self.image_size or self.in_channels or self.num_classes or self.channels):
+            k = next(k for k in ("image_size", "in_channels", "num_classes", "channels") if getattr(self, k))
+            raise UserError(f"model.{k}: only for model.name=cnn, resnet or vit, not {self.name}")
+        if self.name == "vit" and self.image_size and self.image_size % self.patch_size:
+            raise UserError(f"model.patch_size: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+    @property
+    def stage_widths(self) -> list[int]:
+        """cnn / resnet: the width of each stage (``channels``, or the family's default)."""
+        if self.channels:
+            return [int(p) for p in self.channels.split(",")]
+        return [16, 32, 64] if self.name == "resnet" else [32, 64]
 
     def _check_seq2seq(self) -> None:
         """The fields only an encoder-decoder reads, and what it cannot take (each a UserError naming the field)."""

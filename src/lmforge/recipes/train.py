@@ -3,7 +3,8 @@ or derived from the model family, as for an older run dir); a resume takes the r
 
 - ``lm``, ``mlm``, ``rtd``: the pretraining recipe (:func:`lmforge.recipes.pretrain.pretrain`);
 - ``classify``: the fine-tuning recipe (:func:`lmforge.recipes.finetune.finetune`);
-- ``translate``: the translation recipe (:mod:`lmforge.recipes.translate`).
+- ``translate``: the translation recipe (:mod:`lmforge.recipes.translate`);
+- ``image``: the image-classification recipe (:mod:`lmforge.recipes.image`).
 
 ``lmforge pretrain`` and ``lmforge finetune`` stay as they are: they are this verb for their tasks.
 """
@@ -17,7 +18,7 @@ from lmforge import tasks
 from lmforge.errors import UserError
 from lmforge.runs import loader
 
-RECIPE_OF = {"lm": "pretrain", "mlm": "pretrain", "rtd": "pretrain", "classify": "finetune", "translate": "train"}
+RECIPE_OF = {"lm": "pretrain", "mlm": "pretrain", "rtd": "pretrain", "classify": "finetune", "translate": "train", "image": "train"}
 
 
 def task_of_recipe(config_path, overrides: dict, resume) -> str:
@@ -49,8 +50,12 @@ def train(config_path: str | None = None, overrides: dict[str, Any] | None = Non
         from lmforge.recipes.finetune import finetune
 
         return finetune(config_path, overrides, out, resume, progress)
-    from lmforge.recipes.translate import train_translation
-
     cfg, run_dir = loader.open_run(config_path, overrides, out, resume, verb="train")
     cfg.task = name
+    if name == "image":
+        from lmforge.recipes.image import train_image
+
+        return train_image(cfg, Path(run_dir), resume is not None, progress)
+    from lmforge.recipes.translate import train_translation
+
     return train_translation(cfg, Path(run_dir), resume is not None, progress)

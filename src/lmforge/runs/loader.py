@@ -36,16 +36,17 @@ def open_run(config_path, overrides: dict, out, resume, verb: str = "pretrain"):
                             "(fine-tune while compressing with --recover-steps N)")
         from lmforge import tasks
 
-        made_by = {"classify": "finetune", "translate": "train"}.get(tasks.of(cfg).name, "pretrain")
+        task = tasks.of(cfg)
+        made_by = {"classify": "finetune", "translate": "train", "image": "train"}.get(task.name, "pretrain")
         if made_by != verb:  # the other recipe would read the wrong data and write over this run's files
-            kind = {"finetune": "fine-tuning", "train": "translation"}.get(made_by, "pretraining")
+            kind = {"classify": "fine-tuning", "translate": "translation", "image": "image"}.get(task.name, "pretraining")
             raise UserError(f"--resume {run_dir}: a {kind} run; continue it with `lmforge {made_by} --resume {run_dir}`")
         step = check_train_state(run_dir)
         if not (run_dir / TRAIN_STATE).exists() and (run_dir / WEIGHTS).exists():
             raise UserError(f"{run_dir / TRAIN_STATE}: missing, so {run_dir} cannot be resumed: training would start again "
                             f"from step 0 and overwrite the trained {WEIGHTS}; start a new run with --out NEW_DIR "
                             f"(or fine-tune from this one with --base {run_dir})")
-        if step and not (run_dir / TOKENIZER).is_file():
+        if step and task.tokenizer and not (run_dir / TOKENIZER).is_file():
             raise UserError(f"{run_dir / TOKENIZER}: missing; the run's checkpoint (step {step}) needs the tokenizer it was "
                             "trained with, and a new one would not match it")
         return cfg, run_dir
@@ -145,7 +146,7 @@ def load_base(ft) -> tuple | None:
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", verb: str | None = None, best: bool = False):
-    """-> (RunConfig, model in eval mode with the run's weights, Tokenizer). Errors name the file.
+    """-> (RunConfig, model in eval mode with the run's weights, Tokenizer or None for an image run). Errors name the file.
 
     The run's task (``config.yaml``'s ``task``, or derived for older run dirs) rebuilds the model: a
     language model, a classifier (a LoRA run's adapters put back onto its base), an int8 copy of either.
@@ -163,10 +164,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", verb: str 
         from lmforge.tasks.rtd import pretraining_only
 
         raise pretraining_only(run_dir, verb)
-    tok = Tokenizer.load(run_dir / TOKENIZER)
-    if cfg.model.vocab_size == 0:
+    tok = Tokenizer.load(run_dir / TOKENIZER) if task.tokenizer else None  # an image run has none
+    if tok is not None and cfg.model.vocab_size == 0:
         cfg.model.vocab_size = tok.vocab_size
-    if cfg.model.vocab_size < tok.vocab_size:
+    if tok is not None and cfg.model.vocab_size < tok.vocab_size:
         raise UserError(f"{run_dir / CONFIG}: model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
     weights = run_dir / (BEST_WEIGHTS if best else WEIGHTS)
     if best and not weights.exists():

@@ -38,7 +38,7 @@ from lmforge.errors import UserError
 
 # the built-in tasks, imported on first use: name -> module defining it
 BUILTIN = {"lm": "lmforge.tasks.lm", "mlm": "lmforge.tasks.mlm", "rtd": "lmforge.tasks.rtd",
-           "classify": "lmforge.tasks.classify", "translate": "lmforge.tasks.translate"}
+           "classify": "lmforge.tasks.classify", "translate": "lmforge.tasks.translate", "image": "lmforge.tasks.image"}
 _REGISTRY: dict[str, Task] = {}
 
 
@@ -49,6 +49,7 @@ class Task:
     evaluator: ClassVar[Any] = None  # fit(evaluator=...): (model, batches, device, dtype, info) -> (loss, {name: value})
     val_accuracy: ClassVar[bool] = False  # fit() logs the validation accuracy too
     finished: ClassVar[bool] = True  # False: a pretraining-only run (ELECTRA's) that evaluate / export / ... refuse
+    tokenizer: ClassVar[bool] = True  # False: the task reads no text (images); its run dirs hold no tokenizer.json
 
     def build(self, cfg, tok):
         raise NotImplementedError
@@ -138,7 +139,8 @@ def derive(cfg) -> str:
     """
     if cfg.finetune.labels or cfg.model.name == "lstm":
         return "classify"
-    natural = {"gpt": "lm", "bert": "mlm", "electra": "rtd", "seq2seq": "translate", "lstm_seq2seq": "translate"}
+    natural = {"gpt": "lm", "bert": "mlm", "electra": "rtd", "seq2seq": "translate", "lstm_seq2seq": "translate",
+               "cnn": "image", "resnet": "image", "vit": "image"}
     if cfg.data.objective not in ("", "auto"):
         return {"clm": "lm", "mlm": "mlm", "rtd": "rtd"}.get(cfg.data.objective, cfg.data.objective)
     return natural.get(cfg.model.name, "lm")

@@ -27,12 +27,13 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
                  max_batches: int | None = None, device: str = "cpu",
                  text_column: str | None = None, label_column: str | None = None, compile: bool = False,
                  source_column: str | None = None, target_column: str | None = None, beam: int | None = None,
-                 best: bool = False) -> dict:
+                 best: bool = False, plot: str | Path | None = None) -> dict:
     """A language model: loss / perplexity on ``split`` of its own token data or of ``data``.
     A classifier: accuracy, precision / recall / F1 and the confusion matrix on ``data`` (default: its own).
     A translation run: BLEU, chrF (sacrebleu, with the signature) and the loss on ``split`` of its own pairs or of
     ``data`` (``source_column`` / ``target_column``), decoded with ``beam`` (default the run's translate.beam).
     ``best``: evaluate the weights of the run's best evaluation (``best.safetensors``), not its last.
+    ``plot`` (a folder; image runs): also write the confusion matrix and the worst-classified images as PNGs there.
     ``compile``: run the model through ``torch.compile`` (dynamic shapes; pays off for int8 runs, whose
     quantize / rescale passes it fuses, and for large evaluation sets)."""
     check_max_batches(max_batches)
@@ -45,13 +46,17 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
 
         raise UserError(f"--data: expected a data set name or a file / folder (omit it for the run's own data), got {data!r}")
     cfg, model, tok = loader.load_run(run_dir, device, verb="evaluate", best=best)
+    if plot is not None and tasks.of(cfg).name != "image":
+        from lmforge.errors import UserError
+
+        raise UserError(f"--plot: only for image runs ({run_dir} is a {tasks.of(cfg).name} run)")
     if compile:
         model = torch.compile(model, dynamic=True)
     return tasks.of(cfg).evaluate(cfg, model, tok, run_dir, data, split, max_batches=max_batches, device=device,
                                   text_column=text_column, label_column=label_column,
                                   **({} if source_column is None else {"source_column": source_column}),
                                   **({} if target_column is None else {"target_column": target_column}),
-                                  **({} if beam is None else {"beam": beam}))
+                                  **({} if beam is None else {"beam": beam}), **({} if plot is None else {"plot": plot}))
 
 
 def predict_texts(run_dir: str | Path, texts: list[str], input_file: str | None = None, text_column: str = "text",

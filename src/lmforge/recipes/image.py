@@ -1,0 +1,106 @@
+"""The image recipe: images -> splits -> channel statistics -> CNN / ResNet / ViT -> ``fit()``, in a run dir.
+
+The run dir holds config.yaml (with the classes, ``image.labels``, and the input shape, ``model.image_size``
+/ ``in_channels`` / ``num_classes``, filled in from the data), ``image.json`` (the train split's channel mean
+and std, the split sizes) and fit()'s checkpoints; the statistics are also the model's ``pixel_mean`` /
+``pixel_std`` buffers, saved with its weights. No tokenizer. A resume reads the same splits again (a
+registered set's own, or the deterministic hash split of a folder / file).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lmforge import tasks
+from lmforge.config import RunConfig, save_config
+from lmforge.devices import resolve_device
+from lmforge.errors import UserError
+from lmforge.runs import files as ckpt
+from lmforge.training import distributed
+from lmforge.training.loop import fit
+
+STATS = "image.json"
+VISION = ("cnn", "resnet", "vit")
+
+
+def train_image(cfg: RunConfig, run_dir: Path, resuming: bool, progress: bool = True) -> dict:
+    """Start (config.yaml written by the caller's checks) or continue an image run; fit()'s summary."""
+    if not cfg.image.data:
+        raise UserError("image.data: no images given (set it in the recipe or pass --image.data digits|mnist|DIR|FILE.npz)")
+    if cfg.model.name not in VISION:
+        raise UserError(f"model.name: task image trains cnn, resnet or vit models, not {cfg.model.name!r}")
+    if cfg.train.keep_best not in ("", "loss", "accuracy"):
+        raise UserError(f"train.keep_best: an image run keeps loss or accuracy, not {cfg.train.keep_best!r}")
+    info = distributed.init(resolve_device(cfg.train.device).type)
+    existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
+    clean = False
+    try:
+        if not resuming:
+            distributed.barrier(info)
+            distributed.main_first(info, lambda: (run_dir.mkdir(parents=True, exist_ok=True),
+                                                  ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))))
+        summary = _train(cfg, run_dir, resuming, info, progress)
+        clean = True
+        return summary
+    except Exception:  # bad data or config before the first checkpoint: leave no half-made run behind
+        if not resuming and info.is_main and not (run_dir / ckpt.TRAIN_STATE).exists():
+            ckpt.discard_new_files(run_dir, existed)
+        raise
+    finally:
+        distributed.shutdown(info, clean)
+
+
+def _fill_shape(cfg: RunConfig, train) -> None:
+    """The classes and the input shape from the training images; a value the recipe set must agree."""
+    c, h, w = train.shape
+    if h != w:
+        raise UserError(f"{train.source}: images are {w}x{h} pixels; the image models take square images (set image.resize)")
+    bad = [n for n in train.label_names if "," in n]
+    if bad:
+        raise UserError(f"{train.source}: class name {bad[0]!r} holds a comma (image.labels is comma-separated); rename it")
+    m = cfg.model
+    for field, have in (("image_size", h), ("in_channels", c), ("num_classes", len(train.label_names))):
+        set_to = getattr(m, field)
+        if set_to and set_to != have:
+            raise UserError(f"model.{field}: the recipe says {set_to}, the data ({train.source}) has {have}; use 0 to take "
+                            "the data's")
+        setattr(m, field, have)
+    if m.name == "vit" and h % m.patch_size:
+        raise UserError(f"model.patch_size: {h}-pixel images are not a multiple of patch_size {m.patch_size}")
+    cfg.image.labels = cfg.image.labels or ",".join(train.label_names)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) -> dict:
+    from lmforge.data.augment import channel_stats
+    from lmforge.tasks.image import read_split
+
+    task = tasks.get("image")
+    train = read_split(cfg, "train")
+    if not cfg.image.labels:  # the run's classes are fixed by its first read: val / test are read against them
+        cfg.image.labels = ",".join(train.label_names)
+    val = read_split(cfg, "val")
+    if len(train.label_names) < 2:
+        raise UserError(f"{train.source}: one class only ({train.label_names[0]}); a classifier needs at least two")
+    _fill_shape(cfg, train)
+    mean, std = channel_stats(train.images)
+
+    def record() -> None:  # a resume's overrides are recorded once its checkpoint has loaded
+        ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))
+        stats = {"mean": mean, "std": std, "shape": list(train.shape), "labels": train.label_names,
+                 "train_images": len(train), "val_images": len(val)}
+        ckpt.atomic_write_text(run_dir / STATS, json.dumps(stats, indent=2) + "\n")
+        ckpt.clean_stale_temps(run_dir)
+
+    if not resuming:
+        distributed.main_first(info, record)
+    torch.manual_seed(cfg.train.seed)
+    model = task.build(cfg, None)
+    model.set_stats(mean, std)
+    summary = fit(model, task.batches(cfg, None, (train, val)), cfg.train, run_dir, loss_fn=task.loss_for(cfg), info=info,
+                  progress=progress, val_accuracy=True,
+                  on_restored=(lambda: distributed.main_first(info, record)) if resuming else None)
+    summary.update(run_dir=str(run_dir), params=sum(p.numel() for p in model.parameters()), is_main=info.is_main)
+    return summary
