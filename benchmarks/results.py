@@ -107,7 +107,8 @@ def translate(r: dict) -> list[str]:
     curve = lambda c: ", ".join(f"{p['seconds']:.0f} s {p['bleu']:.2f}" for p in c)  # noqa: E731
     lines = [f"zh -> en on hsk-zh-en, {r['budget_s']:.0f} s of training each ({r['dtype']}), test BLEU of greedy "
              f"decoding on {r['test_sentences']} sentences as training goes. MarianMTModel of the recipe's shape, lr "
-             f"{r['peer_lr']:g}, warmup {r['peer_warmup']}, weight decay {r.get('peer_weight_decay', 0.01):g}.", ""]
+             f"{r['peer_lr']:g}, warmup {r['peer_warmup']}, weight decay {r.get('peer_weight_decay', 0.01):g}"
+             + (f", {r['peer_attn']} attention, fused AdamW." if r.get("peer_attn") else "."), ""]
     lines += table(["system", "steps", "final test BLEU", "curve (train seconds, BLEU)"],
                    [["lmforge recipe", r["lmforge"][-1]["steps"], r["lmforge_final_bleu"], curve(r["lmforge"])],
                     ["MarianMTModel", r["marian"][-1]["steps"], r["marian_final_bleu"], curve(r["marian"])]])

@@ -136,9 +136,10 @@ def cmd_export(args) -> None:
     from lmforge.tools.export import export_run
 
     s = export_run(args.run_dir, args.format, args.out)
-    shapes = ", ".join(f"{b}x{t}" for b, t in s["shapes_checked"])
+    checked = (f"batch x seq {', '.join(f'{b}x{t}' for b, t in s['shapes_checked'])}" if "shapes_checked" in s
+               else f"batch {', '.join(map(str, s['batches_checked']))}")
     print(f"{args.out}: {s['model']} -> {s.get('file') or s['hf_class']}; max |logit diff| vs PyTorch "
-          f"{s['max_abs_diff']:.2g} ({s['runtime']}; batch x seq {shapes})")
+          f"{s['max_abs_diff']:.2g} ({s['runtime']}; {checked})")
 
 
 def cmd_compress(args) -> None:

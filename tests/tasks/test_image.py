@@ -200,3 +200,20 @@ def test_mnist_recipes_train_a_few_steps(tmp_path, capsys):
         assert main(["evaluate", str(run), "--split", "test", "--json", str(tmp_path / f"{name}.json")]) == 0
         r = json.loads((tmp_path / f"{name}.json").read_text())
         assert r["examples"] == 10000 and len(r["confusion"]) == 10
+
+
+def test_onnx_export_matches_pytorch(cnn, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from lmforge.runs.loader import load_run
+
+    tmp, _ = cnn
+    assert main(["export", str(tmp / "run"), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    info = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert info["model"] == "image" and info["max_abs_diff"] < 1e-4 and (tmp_path / "onnx" / "image.json").exists()
+    _, model, _ = load_run(tmp / "run")
+    x = torch.rand(7, 1, 8, 8)
+    got = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx")).run(["logits"], {"pixels": x.numpy()})[0]
+    assert np.abs(got - model(x).detach().numpy()).max() < 1e-4
+    assert main(["export", str(tmp / "run"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2

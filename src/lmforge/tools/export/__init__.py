@@ -14,6 +14,7 @@ What each model of a run becomes (inputs and logits are int64 / float32; B and T
     GPT classifier, last token  input_ids, attention_mask -> (B, L)        GPT2ForSequenceClassification
     other classifiers, LSTM     input_ids, attention_mask -> (B, L)        none: a one-line UserError
     (a GPT classifier with ``cls`` pooling ignores the mask, so its graph takes input_ids only)
+    cnn, resnet, vit (images)   pixels (B, C, H, W) in [0, 1] -> (B, K)    none: a one-line UserError (see .image)
     seq2seq (translation)       encoder.onnx + decoder.onnx (one step,     MarianMTModel (post-LN) or Pegasus-
                                 past K / V in, present out): see .seq2seq  ForConditionalGeneration (pre-LN), for the
                                                                            layouts they express (hf.marian.not_in_marian)
@@ -99,6 +100,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
 
 
 def _writer(fmt: str, kind: str):
+    if kind == "image":
+        from lmforge.tools.export import image as export_image
+
+        return export_image.write_onnx
     if kind == "seq2seq":
         from lmforge.tools.export import seq2seq as export_seq2seq
 
@@ -107,14 +112,17 @@ def _writer(fmt: str, kind: str):
 
 
 def model_kind(model: nn.Module) -> str:
-    """gpt-lm | bert-mlm | gpt-classifier | bert-classifier | lstm-classifier | seq2seq | lstm-seq2seq."""
+    """gpt-lm | bert-mlm | gpt-classifier | bert-classifier | lstm-classifier | seq2seq | lstm-seq2seq | image."""
     from lmforge.models.bert import BertForMaskedLM
     from lmforge.models.classifier import SequenceClassifier
+    from lmforge.models.cnn import ImageModel
     from lmforge.models.gpt import GPT
     from lmforge.models.lstm import LSTMClassifier
     from lmforge.models.rnn_seq2seq import LSTMSeq2Seq
     from lmforge.models.seq2seq import Seq2SeqTransformer
 
+    if isinstance(model, ImageModel):
+        return "image"
     if isinstance(model, Seq2SeqTransformer):
         return "seq2seq"
     if isinstance(model, LSTMSeq2Seq):
@@ -227,7 +235,9 @@ def check_hf(kind: str, cfg, model: nn.Module, tok) -> None:
         if why := not_in_marian(cfg.model, tok):  # "model.pos_emb: rope cannot be exported as MarianMTModel (...)"
             raise UserError(f"{why}; use --format onnx")
         return
-    if kind == "lstm-seq2seq":
+    if kind == "image":
+        why = "an image classifier of lmforge's has no Hugging Face transformers class here"
+    elif kind == "lstm-seq2seq":
         why = "an LSTM encoder-decoder has no Hugging Face transformers class"
     elif kind == "lstm-classifier":
         why = "an LSTM classifier has no Hugging Face transformers class"
