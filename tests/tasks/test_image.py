@@ -217,3 +217,49 @@ def test_onnx_export_matches_pytorch(cnn, tmp_path):
     got = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx")).run(["logits"], {"pixels": x.numpy()})[0]
     assert np.abs(got - model(x).detach().numpy()).max() < 1e-4
     assert main(["export", str(tmp / "run"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+
+
+def test_serve_classifies_base64_images(cnn, tmp_path):
+    pytest.importorskip("fastapi")
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from lmforge.tools.serve.app import create_app
+    from lmforge.tools.serve.limits import Limits
+    from lmforge.tools.serve.registry import load_models
+
+    tmp, _ = cnn
+    folder = write_folder(tmp_path / "dir", n=2)
+    files = sorted(folder.rglob("*.png"))
+    b64 = [base64.b64encode(f.read_bytes()).decode() for f in files]
+
+    def png(size, mode="L") -> str:
+        buf = io.BytesIO()
+        Image.new(mode, size).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    models = load_models([str(tmp / "run")])
+    mid = next(iter(models))
+    with TestClient(create_app(models, Limits(max_image_bytes=2000, max_image_pixels=100 * 100), workers=1),
+                    raise_server_exceptions=False) as c:
+        described = c.get("/v1/models").json()["data"][0]
+        assert described["kind"] == "classification" and described["image_size"] == 8
+        r = c.post("/v1/classify", json={"model": mid, "input": b64})
+        assert r.status_code == 200, r.text
+        got = [d["label"] for d in r.json()["data"]]
+        from lmforge.tools.evaluate import predict_texts
+
+        assert got == [label for label, _, _ in predict_texts(tmp / "run", [str(f) for f in files])]
+        assert abs(sum(r.json()["data"][0]["probabilities"].values()) - 1) < 1e-4
+        assert c.post("/v1/classify", json={"model": mid, "input": "data:image/png;base64," + png((8, 8), "RGB")}).status_code == 200
+        for inp, status, needle in [("not base64 !!", 422, "not a base64 string"),
+                                    (base64.b64encode(b"plain text, not a picture").decode(), 422, "not a readable image"),
+                                    (png((12, 12)), 422, "12x12 pixels, the model takes 8x8"),
+                                    (png((101, 101)), 413, "101x101 pixels"),
+                                    (base64.b64encode(b"x" * 3000).decode(), 413, "limit of 2,000 bytes")]:
+            r = c.post("/v1/classify", json={"model": mid, "input": [b64[0], inp]})
+            assert r.status_code == status and needle in r.json()["error"]["message"], (needle, r.text)
+            assert "input[1]" in r.json()["error"]["message"]

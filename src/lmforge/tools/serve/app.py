@@ -59,7 +59,12 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None, api
     trn_pool = ThreadPoolExecutor(workers, thread_name_prefix="lmforge-translate")
     batchers = {i: ClassifyBatcher(m.model, m.tok.pad_id if m.tok.pad_id is not None else 0, clf_pool,
                                    batch_window_ms / 1e3, max_batch, batching, parallel=workers)
-                for i, m in models.items() if m.kind == "classification"}
+                for i, m in models.items() if m.kind == "classification" and not m.images}
+    if any(m.images for m in models.values()):
+        from lmforge.tools.serve.images import ImageBatcher
+
+        batchers.update({i: ImageBatcher(m.model, clf_pool, batch_window_ms / 1e3, max_batch, batching, parallel=workers)
+                         for i, m in models.items() if m.images})
     translators = translate_batchers(models, trn_pool, batch_window_ms / 1e3, max_batch, batching, workers)
 
     @asynccontextmanager
@@ -151,7 +156,12 @@ def _add_classify_route(app: FastAPI, secured: list) -> None:
 
         sm = served(models, body.model, "classification")
         texts = input_texts(body, limits)
-        rows = encode_texts(sm.tok, texts, sm.max_length)
+        if sm.images:  # an image run: each input is a base64 image file
+            from lmforge.tools.serve.images import decode_images
+
+            rows = decode_images(texts, sm.cfg, limits)
+        else:
+            rows = encode_texts(sm.tok, texts, sm.max_length)
         try:
             probs = await batchers[sm.id].submit(rows, deadline(request, limits) - time.monotonic())
         except asyncio.TimeoutError:
@@ -162,7 +172,7 @@ def _add_classify_route(app: FastAPI, secured: list) -> None:
             best = max(range(len(p)), key=p.__getitem__)
             data.append({"object": "classification", "index": i, "label": sm.labels[best], "score": p[best],
                          "probabilities": dict(zip(sm.labels, p))})
-        n = sum(len(r) for r in rows)
+        n = 0 if sm.images else sum(len(r) for r in rows)
         return JSONResponse({"object": "list", "model": sm.id, "data": data, "usage": {"prompt_tokens": n, "total_tokens": n}})
 
 

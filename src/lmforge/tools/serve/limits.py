@@ -13,7 +13,9 @@ Every error the server sends has OpenAI's shape, ``{"error": {"message", "type",
  408   ``timeout``                the request took longer than ``timeout_s`` (body upload included), or
                                   its line and headers took longer than ``header_timeout_s`` (then closed)
  413   ``body_too_large``         the body exceeds ``max_body_bytes``
- 422   ``invalid_value``          wrong types or values, ``max_tokens`` or ``beam`` above the cap, too many inputs
+ 413   ``image_too_large``        an image exceeds ``max_image_bytes`` or ``max_image_pixels``
+ 422   ``invalid_value``          wrong types or values, ``max_tokens`` or ``beam`` above the cap, too many inputs,
+                                  an image input that is not base64 or not an image, or of another size than the run's
  503   ``overloaded``             more than ``max_concurrent`` requests in flight, or more than
                                   ``max_connections`` connections open (retry later)
 =====  =========================  ==================================================================
@@ -48,6 +50,10 @@ class Limits:
     max_completion_tokens: int = _limit(512, "--max-completion-tokens", "a larger max_tokens gets 422 (default 512)")
     max_inputs: int = _limit(64, "--max-inputs", "classify or translate texts, or prompts x n, per request; more get "
                              "422 (default 64)")
+    max_image_bytes: int = _limit(1 << 20, "--max-image-bytes", "classify on an image run: a larger image (its decoded "
+                                  "base64 bytes) gets 413 (default 1 MiB)")
+    max_image_pixels: int = _limit(1 << 22, "--max-image-pixels", "classify on an image run: an image of more pixels "
+                                   "(width x height) gets 413 (default 4,194,304)")
     max_beam: int = _limit(8, "--max-beam", "the largest beam a translate request may ask for; more get 422 (default 8)")
     timeout_s: float = _limit(30.0, "--timeout", "seconds per request, upload included; then 408 (default 30)")
     max_concurrent: int = _limit(256, "--max-concurrent", "requests in flight; more get 503 (default 256)")

@@ -36,6 +36,7 @@ class ServedModel:
     max_length: int = 0  # classify: inputs are truncated to this many tokens; completion: the context window
     created: int = 0
     src_tok: object = None  # translation: the source side's tokenizer (``tok`` for a joint vocabulary)
+    images: bool = False  # classification of images (an image run): ``input`` holds base64 image files
 
     def describe(self) -> dict:
         """The OpenAI model object, plus what a client needs to call it."""
@@ -45,6 +46,9 @@ class ServedModel:
             out["compression"] = self.cfg.compress.quantize or f"pruned {self.cfg.compress.structured or 'unstructured'}"
         if self.labels:
             out["labels"] = self.labels
+        if self.images:
+            m = self.cfg.model
+            out.update(input="base64 image", image_size=m.image_size, channels=m.in_channels)
         if self.kind == "translation":
             out["beam"] = self.cfg.translate.beam
         return out
@@ -112,6 +116,9 @@ def load_model(run_dir: str | Path, model_id: str) -> ServedModel:
     if task == "classify":
         max_len = cfg.classifier_max_length
         return ServedModel(model_id, run_dir, "classification", cfg, model, tok, cfg.finetune.label_names, max_len, created)
+    if task == "image":  # inputs are base64 images (lmforge.tools.serve.images)
+        return ServedModel(model_id, run_dir, "classification", cfg, model, tok, cfg.image.label_names, 0, created,
+                           images=True)
     if task == "translate":
         from lmforge.tasks.translate import source_tokenizer
 

@@ -88,7 +88,8 @@ class ClassifyRequest(BaseModel):
 
     model: Text = Field(description="a served classifier id (GET /v1/models)")
     input: Union[Text, list[Text]] = Field(description="a text or a list of texts; each is truncated to "
-                                           "the model's max_length tokens")
+                                           "the model's max_length tokens. For an image model: base64 image files "
+                                           "(PNG, JPEG, ...; a data: URL is fine)")
 
 
 class ClassifyResult(BaseModel):
