@@ -104,7 +104,7 @@ def _finetune_parser(verbs) -> None:
     ft.add_argument("--resume", type=path_arg, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     ft.add_argument("--base", type=path_arg, help="start from this lmforge run dir (same as --finetune.base)")
     ft.add_argument("--base-hf", type=path_arg, help="start from this Hugging Face folder or registered model, e.g. minilm-l6")
-    _add_config_options(ft, ("model", "data", "train", "finetune", "lora"))
+    _add_config_options(ft, ("model", "data", "train", "finetune", "lora", "image"))
     ft.set_defaults(func=cmd_finetune)
 
 

@@ -263,3 +263,26 @@ def test_serve_classifies_base64_images(cnn, tmp_path):
             r = c.post("/v1/classify", json={"model": mid, "input": [b64[0], inp]})
             assert r.status_code == status and needle in r.json()["error"]["message"], (needle, r.text)
             assert "input[1]" in r.json()["error"]["message"]
+
+
+def test_finetune_transfers_an_image_run_to_other_classes(cnn, tmp_path, capsys):
+    """`lmforge finetune --base RUN` on another image set: the base's layers, a fresh 3-class head."""
+    tmp, _ = cnn
+    folder = write_folder(tmp_path / "three", n=12, classes=("3", "5", "8"))
+    argv = ["finetune", "--base", str(tmp / "run"), "--image.data", str(folder), "--image.val_fraction", "0.25",
+            "--train.max_steps", "30", "--train.eval_interval", "0", "--train.batch_size", "16", "--train.lr", "3e-3"]
+    assert main([*argv, "--out", str(tmp_path / "ft")]) == 0
+    assert "classifier layer" not in capsys.readouterr().err
+    base, ft = load_file(tmp / "run" / "model.safetensors"), load_file(tmp_path / "ft" / "model.safetensors")
+    head = "head.4"  # the CNN's last Linear
+    assert ft[f"{head}.weight"].shape == (3, base[f"{head}.weight"].shape[1])
+    assert torch.equal(ft["pixel_mean"], base["pixel_mean"]) and ft.keys() == base.keys()
+    assert not torch.equal(ft["features.0.weight"], base["features.0.weight"])  # full fine-tuning moved them
+    assert main(["evaluate", str(tmp_path / "ft"), "--split", "val", "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["labels"] == ["3", "5", "8"]
+    assert main([*argv, "--finetune.mode", "head", "--out", str(tmp_path / "head")]) == 0
+    frozen = load_file(tmp_path / "head" / "model.safetensors")
+    assert torch.equal(frozen["features.0.weight"], base["features.0.weight"])
+    big = write_folder(tmp_path / "big", n=4, size=12)
+    assert main(["finetune", "--base", str(tmp / "run"), "--image.data", str(big), "--out", str(tmp_path / "x")]) == 2
+    assert "set image.resize: 8" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -124,10 +124,21 @@ def _resolve(cfg: RunConfig, run_dir: Path, resuming: bool):
     return tok, train, val, (base[1] if base is not None else None)
 
 
+def _is_image_run(base: str) -> bool:
+    from lmforge import tasks
+
+    return tasks.of(loader.read_run_config(loader.require_run_dir(base))).name == "image"
+
+
 def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
              resume: str | Path | None = None, progress: bool = True) -> dict:
     """Start or continue a fine-tuning run; returns fit()'s summary plus the validation accuracy."""
     cfg, run_dir = loader.open_run(config_path, overrides or {}, out, resume, verb="finetune")
+    if cfg.task == "image" or (not cfg.task and cfg.finetune.base and _is_image_run(cfg.finetune.base)):
+        from lmforge.recipes.image import train_image  # transfer: an image run's features onto another image set
+
+        cfg.task = "image"
+        return train_image(cfg, Path(run_dir), resume is not None, progress)
     if cfg.task not in ("", "classify"):
         raise UserError(f"task: {cfg.task!r}: `lmforge finetune` trains classifiers (task classify)")
     cfg.task = "classify"  # every run dir names its task

@@ -5,6 +5,10 @@ The run dir holds config.yaml (with the classes, ``image.labels``, and the input
 and std, the split sizes) and fit()'s checkpoints; the statistics are also the model's ``pixel_mean`` /
 ``pixel_std`` buffers, saved with its weights. No tokenizer. A resume reads the same splits again (a
 registered set's own, or the deterministic hash split of a folder / file).
+
+Transfer learning: ``lmforge finetune --base IMAGE_RUN`` (``finetune.base``) takes the base's architecture and
+weights, replaces the final classifier layer for the new classes, and trains everything (``finetune.mode: full``)
+or that layer only (``head``); the new images must have the base's size (``image.resize``, the base's by default).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def train_image(cfg: RunConfig, run_dir: Path, resuming: bool, progress: bool = 
     """Start (config.yaml written by the caller's checks) or continue an image run; fit()'s summary."""
     if not cfg.image.data:
         raise UserError("image.data: no images given (set it in the recipe or pass --image.data digits|mnist|DIR|FILE.npz)")
-    if cfg.model.name not in VISION:
+    if cfg.model.name not in VISION and not cfg.finetune.base:  # a transfer takes the base's model
         raise UserError(f"model.name: task image trains cnn, resnet or vit models, not {cfg.model.name!r}")
     if cfg.train.keep_best not in ("", "loss", "accuracy"):
         raise UserError(f"train.keep_best: an image run keeps loss or accuracy, not {cfg.train.keep_best!r}")
@@ -51,6 +55,29 @@ def train_image(cfg: RunConfig, run_dir: Path, resuming: bool, progress: bool = 
         raise
     finally:
         distributed.shutdown(info, clean)
+
+
+def _from_base(cfg: RunConfig) -> dict | None:
+    """Transfer (``finetune.base``: an image run): the base's architecture into ``cfg.model`` (its classes
+    from the new data) and its weights, but for the final classifier layer, which starts afresh."""
+    from lmforge.runs import loader
+
+    base = cfg.finetune.base
+    if not base:
+        return None
+    if cfg.finetune.mode not in ("full", "head"):
+        raise UserError(f"finetune.mode: {cfg.finetune.mode} is for text models; an image run fine-tunes full or head")
+    bcfg, bmodel, _ = loader.load_run(base, "cpu", verb="finetune")
+    if tasks.of(bcfg).name != "image":
+        raise UserError(f"finetune.base {base}: a {tasks.of(bcfg).name} run, not an image run")
+    head = [n for n, mod in bmodel.named_modules() if isinstance(mod, torch.nn.Linear)][-1]
+    state = {k: v for k, v in bmodel.state_dict().items() if not k.startswith(head + ".")}
+    cfg.model = bcfg.model
+    cfg.model.num_classes = 0  # the new data's
+    if not cfg.image.resize and bcfg.image.resize:
+        cfg.image.resize = bcfg.image.resize
+    cfg.image.color = {1: "gray", 3: "rgb"}[bcfg.model.in_channels] if cfg.image.color == "auto" else cfg.image.color
+    return {"state": state, "head": head, "size": bcfg.model.image_size}
 
 
 def _fill_shape(cfg: RunConfig, train) -> None:
@@ -78,14 +105,22 @@ def _train(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) 
     from lmforge.tasks.image import read_split
 
     task = tasks.get("image")
+    base = None if (run_dir / ckpt.TRAIN_STATE).exists() else _from_base(cfg)
     train = read_split(cfg, "train")
     if not cfg.image.labels:  # the run's classes are fixed by its first read: val / test are read against them
         cfg.image.labels = ",".join(train.label_names)
-    val = read_split(cfg, "val")
     if len(train.label_names) < 2:
         raise UserError(f"{train.source}: one class only ({train.label_names[0]}); a classifier needs at least two")
+    if base and train.shape[1] != base["size"]:
+        raise UserError(f"{train.source}: {train.shape[2]}x{train.shape[1]} images, the base {cfg.finetune.base} takes "
+                        f"{base['size']}x{base['size']}: set image.resize: {base['size']}")
+    if base:
+        cfg.model.image_size = cfg.model.in_channels = 0  # checked against the data just below
+    val = read_split(cfg, "val")
     _fill_shape(cfg, train)
     mean, std = channel_stats(train.images)
+    if base:  # the base's features keep the statistics they were learned with
+        mean, std = (base["state"][k].flatten().tolist() for k in ("pixel_mean", "pixel_std"))
 
     def record() -> None:  # a resume's overrides are recorded once its checkpoint has loaded
         ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))
@@ -99,6 +134,14 @@ def _train(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) 
     torch.manual_seed(cfg.train.seed)
     model = task.build(cfg, None)
     model.set_stats(mean, std)
+    if base:  # the base's features, with the statistics they were learned on; a new classifier layer
+        missing, _ = model.load_state_dict(base["state"], strict=False)
+        assert all(k.startswith(base["head"] + ".") for k in missing), missing
+        if cfg.finetune.mode == "head":
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith(base["head"] + "."))
+        print(f"finetune: {len(base['state'])} tensors from {cfg.finetune.base}; {base['head']} starts afresh "
+              f"({cfg.model.num_classes} classes)", flush=True)
     summary = fit(model, task.batches(cfg, None, (train, val)), cfg.train, run_dir, loss_fn=task.loss_for(cfg), info=info,
                   progress=progress, val_accuracy=True,
                   on_restored=(lambda: distributed.main_first(info, record)) if resuming else None)
