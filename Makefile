@@ -9,11 +9,10 @@ STAMP  := $(VENV)/.lmforge-setup
 setup: $(STAMP)
 
 # torch is pinned to the CPU wheel that lies on this disk *before* the package is installed, so
-# pip never pulls a multi-GB CUDA build to satisfy `torch>=2.4`; torchvision with the build made for
-# torch 2.13 (0.28.0 requires torch==2.13.0: a newer one would pull another torch).
+# pip never pulls a multi-GB CUDA build to satisfy `torch>=2.4`.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet torch==2.13.0 torchvision==0.28.0
+	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

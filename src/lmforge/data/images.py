@@ -63,7 +63,7 @@ def sort_names(names) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------- reading
-def _decode(path: Path, color: str) -> np.ndarray:
+def decode_image(path: Path, color: str) -> np.ndarray:
     """One image file -> uint8 (H, W, C); ``color`` auto keeps gray as 1 channel and makes the rest RGB."""
     from PIL import Image, UnidentifiedImageError
 
@@ -93,13 +93,13 @@ def read_folder(root: Path, color: str = "auto", resize: int = 0) -> tuple[list[
         if not files:
             raise UserError(f"{root / name}: an empty class folder (no {'/'.join(IMAGE_EXTENSIONS)} files)")
         for f in files:
-            images.append(_resize(_decode(f, color), resize) if resize else _decode(f, color))
+            images.append(resize_image(decode_image(f, color), resize) if resize else decode_image(f, color))
             labels.append(k)
             paths.append(str(f))
     return images, labels, classes, paths
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
+def resize_image(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     if img.shape[0] == img.shape[1] == size:
@@ -162,7 +162,7 @@ def _assemble(arr: list[np.ndarray], labels: list[str], names: list[str], source
     """Images HWC -> an :class:`ImageSet`, after resizing / colour conversion; one size and channel count or an
     error naming the file (``paths``) or the image's index in ``source``."""
     if resize:
-        arr = [_resize(a, resize) for a in arr]
+        arr = [resize_image(a, resize) for a in arr]
     if color == "gray":
         arr = [a if a.shape[2] == 1 else np.rint(a @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None] for a in arr]
     elif color == "rgb":

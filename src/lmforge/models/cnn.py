@@ -19,7 +19,7 @@ from lmforge.errors import UserError
 from lmforge.models.layers import Dropout
 
 
-def _check_input(cfg: ModelConfig, downsample: int) -> None:
+def check_input(cfg: ModelConfig, downsample: int) -> None:
     if cfg.image_size <= 0 or cfg.in_channels <= 0 or cfg.num_classes < 2:
         raise UserError("model.image_size, model.in_channels and model.num_classes must be set (the recipe takes "
                         "them from the data) before an image model is built")
@@ -58,7 +58,7 @@ class CNN(ImageModel):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         widths = cfg.stage_widths
-        _check_input(cfg, 2 ** len(widths))
+        check_input(cfg, 2 ** len(widths))
         self._init_stats(cfg.in_channels)
         layers: list[nn.Module] = []
         c = cfg.in_channels
@@ -115,7 +115,7 @@ class ResNet(ImageModel):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         widths = cfg.stage_widths
-        _check_input(cfg, 2 ** (len(widths) - 1))
+        check_input(cfg, 2 ** (len(widths) - 1))
         self._init_stats(cfg.in_channels)
         self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
                                   nn.ReLU(inplace=True))

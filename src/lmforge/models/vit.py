@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
 from lmforge.models.bert import Layer
-from lmforge.models.cnn import ImageModel, _check_input
+from lmforge.models.cnn import ImageModel, check_input
 from lmforge.models.layers import Dropout
 
 
@@ -26,7 +26,7 @@ class ViT(ImageModel):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        _check_input(cfg, cfg.patch_size)
+        check_input(cfg, cfg.patch_size)
         self._init_stats(cfg.in_channels)
         C, n = cfg.n_embd, (cfg.image_size // cfg.patch_size) ** 2
         self.patch = nn.Conv2d(cfg.in_channels, C, cfg.patch_size, stride=cfg.patch_size)

@@ -70,7 +70,7 @@ def load_files(cfg, paths: list[str]) -> torch.Tensor:
     """Image files -> uint8 (N, C, H, W) in the run's channels (and size, with ``image.resize``)."""
     import numpy as np
 
-    from lmforge.data.images import _decode, _resize
+    from lmforge.data.images import decode_image, resize_image
 
     im, m = cfg.image, cfg.model
     color = {1: "gray", 3: "rgb"}[m.in_channels]
@@ -79,9 +79,9 @@ def load_files(cfg, paths: list[str]) -> torch.Tensor:
         path = Path(p)
         if not path.is_file():
             raise UserError(f"{p}: no such image file")
-        a = _decode(path, color)
+        a = decode_image(path, color)
         if im.resize:
-            a = _resize(a, im.resize)
+            a = resize_image(a, im.resize)
         if a.shape[:2] != (m.image_size, m.image_size):
             raise UserError(f"{p}: {a.shape[1]}x{a.shape[0]} pixels, the run takes {m.image_size}x{m.image_size} "
                             f"(set image.resize in its config to resize them)")
