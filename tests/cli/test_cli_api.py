@@ -19,7 +19,8 @@ SERVE_LIMIT_FLAGS = {"max_body_bytes": ("--max-body-bytes", 1 << 20), "max_promp
                      "max_completion_tokens": ("--max-completion-tokens", 512), "max_inputs": ("--max-inputs", 64),
                      "timeout_s": ("--timeout", 30.0), "max_concurrent": ("--max-concurrent", 256),
                      "header_timeout_s": ("--header-timeout", 10.0), "keep_alive_s": ("--keep-alive", 5.0),
-                     "max_connections": ("--max-connections", 1024), "max_beam": ("--max-beam", 8)}
+                     "max_connections": ("--max-connections", 1024), "max_beam": ("--max-beam", 8),
+                     "max_image_bytes": ("--max-image-bytes", 1 << 20), "max_image_pixels": ("--max-image-pixels", 1 << 22)}
 SERVE_FLAGS = [*(f for f, _ in SERVE_LIMIT_FLAGS.values()), "--host", "--port", "--api-key", "--batch-window-ms",
                "--max-batch", "--no-batching", "--workers", "--threads", "--log-level"]
 COMPRESS_FLAGS = ["--method", "--out", "--sparsity", "--structured", "--recover-steps", "--recover-lr", "--gradual",

@@ -190,3 +190,10 @@ def test_translate_profile_smoke(bench, capsys):
     assert last_json(capsys) == out and out["benchmark"] == "translate_profile"
     assert out["steps_per_s"] > 0 and out["gflop_per_step"] > 0 and 0 < sum(out["op_shares"].values()) <= 1.0001
     assert any(k in out["op_shares"] for k in ("aten::mm", "aten::addmm", "aten::bmm"))  # the products are profiled
+
+
+def test_vision_smoke(bench, capsys):
+    out = bench("vision").main(["--smoke", "--threads", "1"])
+    assert last_json(capsys) == out
+    assert COMMON <= out.keys() and out["benchmark"] == "vision" and out["model"] == "cnn"
+    assert out["lmforge_images_per_s"] > 0 and out["plain_images_per_s"] > 0 and out["ratio"] > 0

@@ -125,16 +125,20 @@ def _resolve(cfg: RunConfig, run_dir: Path, resuming: bool):
 
 
 def _is_image_run(base: str) -> bool:
+    """Whether ``base`` is an existing image run dir (one still to be pretrained, or missing, is not)."""
     from lmforge import tasks
 
-    return tasks.of(loader.read_run_config(loader.require_run_dir(base))).name == "image"
+    if not (Path(base) / ckpt.CONFIG).is_file():
+        return False
+    return tasks.of(loader.read_run_config(base)).name == "image"
 
 
 def finetune(config_path: str | None = None, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
              resume: str | Path | None = None, progress: bool = True) -> dict:
     """Start or continue a fine-tuning run; returns fit()'s summary plus the validation accuracy."""
     cfg, run_dir = loader.open_run(config_path, overrides or {}, out, resume, verb="finetune")
-    if cfg.task == "image" or (not cfg.task and cfg.finetune.base and _is_image_run(cfg.finetune.base)):
+    if cfg.task == "image" or (not cfg.task and cfg.finetune.base and not cfg.finetune.base_recipe
+                               and _is_image_run(cfg.finetune.base)):
         from lmforge.recipes.image import train_image  # transfer: an image run's features onto another image set
 
         cfg.task = "image"

@@ -20,8 +20,8 @@ import torch
 
 from lmforge import tasks
 from lmforge.config import RunConfig, save_config
-from lmforge.devices import resolve_device
 from lmforge.errors import UserError
+from lmforge.recipes.runner import run_in_dir
 from lmforge.runs import files as ckpt
 from lmforge.training import distributed
 from lmforge.training.loop import fit
@@ -38,23 +38,7 @@ def train_image(cfg: RunConfig, run_dir: Path, resuming: bool, progress: bool = 
         raise UserError(f"model.name: task image trains cnn, resnet or vit models, not {cfg.model.name!r}")
     if cfg.train.keep_best not in ("", "loss", "accuracy"):
         raise UserError(f"train.keep_best: an image run keeps loss or accuracy, not {cfg.train.keep_best!r}")
-    info = distributed.init(resolve_device(cfg.train.device).type)
-    existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
-    clean = False
-    try:
-        if not resuming:
-            distributed.barrier(info)
-            distributed.main_first(info, lambda: (run_dir.mkdir(parents=True, exist_ok=True),
-                                                  ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))))
-        summary = _train(cfg, run_dir, resuming, info, progress)
-        clean = True
-        return summary
-    except Exception:  # bad data or config before the first checkpoint: leave no half-made run behind
-        if not resuming and info.is_main and not (run_dir / ckpt.TRAIN_STATE).exists():
-            ckpt.discard_new_files(run_dir, existed)
-        raise
-    finally:
-        distributed.shutdown(info, clean)
+    return run_in_dir(cfg, run_dir, resuming, _train, progress)
 
 
 def _from_base(cfg: RunConfig) -> dict | None:

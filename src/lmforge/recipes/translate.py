@@ -15,9 +15,9 @@ import torch
 
 from lmforge import tasks
 from lmforge.config import RunConfig, save_config
-from lmforge.devices import resolve_device
 from lmforge.errors import UserError
 from lmforge.fileio import atomic_write_text
+from lmforge.recipes.runner import run_in_dir
 from lmforge.recipes.translate_starts import Starts, apply_starts, load_starts
 from lmforge.runs import files as ckpt
 from lmforge.tasks.translate import SOURCE_TOKENIZER, SPLITS, run_pairs
@@ -111,23 +111,7 @@ def train_translation(cfg: RunConfig, run_dir: Path, resuming: bool, progress: b
         raise UserError("train.keep_best: accuracy is a classifier's figure; a translation run keeps bleu, chrf or loss")
     if cfg.model.name not in ("seq2seq", "lstm_seq2seq"):
         raise UserError(f"model.name: task translate trains seq2seq or lstm_seq2seq models, not {cfg.model.name!r}")
-    info = distributed.init(resolve_device(cfg.train.device).type)
-    existed = {p.name for p in run_dir.iterdir()} if run_dir.exists() else None
-    clean = False
-    try:
-        if not resuming:
-            distributed.barrier(info)
-            distributed.main_first(info, lambda: (run_dir.mkdir(parents=True, exist_ok=True),
-                                                  ckpt.atomic_write_text(run_dir / ckpt.CONFIG, save_config(cfg))))
-        summary = _train(cfg, run_dir, resuming, info, progress)
-        clean = True
-        return summary
-    except Exception:  # bad data or config before the first checkpoint: leave no half-made run behind
-        if not resuming and info.is_main and not (run_dir / ckpt.TRAIN_STATE).exists():
-            ckpt.discard_new_files(run_dir, existed)
-        raise
-    finally:
-        distributed.shutdown(info, clean)
+    return run_in_dir(cfg, run_dir, resuming, _train, progress)
 
 
 def _train(cfg: RunConfig, run_dir: Path, resuming: bool, info, progress: bool) -> dict:
