@@ -58,6 +58,21 @@ def predict_proba(model: torch.nn.Module, tok, texts: list[str], max_length: int
     return probs[torch.argsort(torch.tensor(order))]  # back to the input order
 
 
+def metrics(labels: list[int], pred: list[int], names: list[str]) -> dict:
+    """Accuracy, macro and per-class precision / recall / F1 and the confusion matrix (scikit-learn) of class
+    indices ``pred`` against ``labels``; shared by the text and the image classifiers."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    idx = list(range(len(names)))
+    p, r, f, support = precision_recall_fscore_support(labels, pred, labels=idx, zero_division=0)
+    mp, mr, mf, _ = precision_recall_fscore_support(labels, pred, labels=idx, average="macro", zero_division=0)
+    return {"examples": len(labels), "accuracy": round(float(accuracy_score(labels, pred)), 5),
+            "macro_precision": round(float(mp), 5), "macro_recall": round(float(mr), 5), "macro_f1": round(float(mf), 5),
+            "per_class": {n: {"precision": round(float(p[i]), 5), "recall": round(float(r[i]), 5),
+                              "f1": round(float(f[i]), 5), "support": int(support[i])} for i, n in enumerate(names)},
+            "labels": names, "confusion": confusion_matrix(labels, pred, labels=idx).tolist()}
+
+
 def labelled_splits(cfg, source: str):
     """(train, val) labelled sets of the run's ``finetune.data``: a registered set's own splits, or for a single
     file the stratified tenth ``finetune`` held out for validation."""
@@ -119,8 +134,6 @@ class Classification(tasks.Task):
 
     def evaluate(self, cfg, model, tok, run_dir, data, split, text_column=None, label_column=None, device="cpu",
                  **_options) -> dict:
-        from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-
         from lmforge.data.labelled import load_labelled
 
         ft = cfg.finetune
@@ -128,21 +141,10 @@ class Classification(tasks.Task):
         d = load_labelled(data or ft.data, split, text_column or ft.text_column, label_column or ft.label_column, names,
                           tsv_quoting=ft.tsv_quoting)
         pred = predict_proba(model, tok, d.texts, cfg.classifier_max_length, device=device).argmax(-1).tolist()
-        idx = list(range(len(names)))
-        p, r, f, support = precision_recall_fscore_support(d.labels, pred, labels=idx, zero_division=0)
-        mp, mr, mf, _ = precision_recall_fscore_support(d.labels, pred, labels=idx, average="macro", zero_division=0)
         return {
             "run_dir": str(run_dir),
             "data": f"{d.source} ({split})" if (data or ft.data) and not Path(data or ft.data).exists() else d.source,
-            "examples": len(d),
-            "accuracy": round(float(accuracy_score(d.labels, pred)), 5),
-            "macro_precision": round(float(mp), 5),
-            "macro_recall": round(float(mr), 5),
-            "macro_f1": round(float(mf), 5),
-            "per_class": {n: {"precision": round(float(p[i]), 5), "recall": round(float(r[i]), 5),
-                              "f1": round(float(f[i]), 5), "support": int(support[i])} for i, n in enumerate(names)},
-            "labels": names,
-            "confusion": confusion_matrix(d.labels, pred, labels=idx).tolist(),
+            **metrics(d.labels, pred, names),
         }
 
     def predict(self, cfg, model, tok, texts, device="cpu"):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from lmforge import tasks
 from lmforge.errors import UserError
+from lmforge.tasks.classify import metrics
 
 
 def image_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
@@ -87,19 +88,6 @@ def load_files(cfg, paths: list[str]) -> torch.Tensor:
                             f"(set image.resize in its config to resize them)")
         arrs.append(a)
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous() if arrs else torch.zeros(0, m.in_channels, 1, 1)
-
-
-def metrics(labels: list[int], pred: list[int], names: list[str]) -> dict:
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-
-    idx = list(range(len(names)))
-    p, r, f, support = precision_recall_fscore_support(labels, pred, labels=idx, zero_division=0)
-    mp, mr, mf, _ = precision_recall_fscore_support(labels, pred, labels=idx, average="macro", zero_division=0)
-    return {"examples": len(labels), "accuracy": round(float(accuracy_score(labels, pred)), 5),
-            "macro_precision": round(float(mp), 5), "macro_recall": round(float(mr), 5), "macro_f1": round(float(mf), 5),
-            "per_class": {n: {"precision": round(float(p[i]), 5), "recall": round(float(r[i]), 5),
-                              "f1": round(float(f[i]), 5), "support": int(support[i])} for i, n in enumerate(names)},
-            "labels": names, "confusion": confusion_matrix(labels, pred, labels=idx).tolist()}
 
 
 class ImageClassification(tasks.Task):
