@@ -189,14 +189,16 @@ def _export_parser(verbs) -> None:
 def _compress_parser(verbs) -> None:
     co = verbs.add_parser("compress", help="int8-quantize, prune or distill a run into a new run dir, with a size / latency / quality report")
     co.add_argument("run_dir", type=path_arg, nargs="?", default=None,
-                    help="run directory to compress (a language model or a fine-tuned classifier); not for distill")
+                    help="run directory to compress (a language model, a fine-tuned classifier, an image run); not for distill")
     co.add_argument("--method", required=True, choices=["int8", "prune", "distill"],
-                    help="int8 (dynamic int8 Linear layers) | prune | distill (train a smaller student on the teacher's outputs)")
+                    help="int8 (int8 Linear layers; an image CNN: int8 convolutions too) | prune | distill (train a smaller "
+                         "student on the teacher's outputs)")
     co.add_argument("--out", type=path_arg, required=True, help="run directory to create (new or empty); gets compression.json / .md")
     co.add_argument("--sparsity", type=float, default=None,
                     help="prune: share of the Linear weights to zero (with --structured: of the heads / neurons to remove), in (0, 1)")
-    co.add_argument("--structured", choices=["heads", "neurons"], default=None,
-                    help="prune: remove whole attention heads or MLP neurons (the matrices shrink)")
+    co.add_argument("--structured", choices=["heads", "neurons", "channels"], default=None,
+                    help="prune: remove whole attention heads or MLP neurons, or an image CNN's convolution channels "
+                         "(the matrices shrink)")
     co.add_argument("--recover-steps", type=int, default=0, help="prune: then fine-tune N steps on the run's own data and loss (default 0)")
     co.add_argument("--recover-lr", type=float, default=None, help="peak learning rate of the recovery (default: the run's train.lr / 10)")
     co.add_argument("--gradual", action="store_true",

@@ -49,6 +49,8 @@ class ModelConfig:
     patch_size: int = F(4, "vit: patch side in pixels (image_size must be a multiple of it)")
     pooling: str = F("cls", "vit: cls (a class token) | mean (the mean of the patch tokens)")
     channels_last: bool = F(False, "cnn, resnet: keep activations in channels-last memory format")
+    layer_channels: str = F("", "cnn: output channels of each convolution; resnet: the inner width (first conv) of each "
+                                "basic block; comma-separated (set by structured channel pruning); empty = the stage widths")
     layer_n_head: str = F("", "heads in each block, comma-separated (set by structured pruning); empty = n_head in "
                               "every block. The head size stays n_embd // n_head")
     layer_n_inner: str = F("", "MLP width of each block, comma-separated (set by structured pruning); empty = 4 * n_embd "
@@ -106,6 +108,16 @@ class ModelConfig:
             raise UserError(f"model.{k}: only for model.name=cnn, resnet or vit, not {self.name}")
         if self.name == "vit" and self.image_size and self.image_size % self.patch_size:
             raise UserError(f"model.patch_size: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.layer_channels:
+            if self.name not in ("cnn", "resnet"):
+                raise UserError(f"model.layer_channels: only for model.name=cnn or resnet, not {self.name}")
+            _per_layer("layer_channels", self.layer_channels, len(self.stage_widths) * self.n_layer)
+
+    def conv_widths(self) -> list[int]:
+        """cnn: the output width of each convolution; resnet: the inner width of each basic block (stage order)."""
+        if self.layer_channels:
+            return _per_layer("layer_channels", self.layer_channels, len(self.stage_widths) * self.n_layer)
+        return [w for w in self.stage_widths for _ in range(self.n_layer)]
 
     @property
     def stage_widths(self) -> list[int]:

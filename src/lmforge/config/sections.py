@@ -175,11 +175,11 @@ class CompressSection:
     quantize: str = F("", "weight storage: empty (float32) | int8 (dynamic int8 Linear layers)")
     sparsity: float = F(0.0, "`lmforge compress --method prune`: share of the pruned weights set to zero, or of the "
                              "heads / neurons cut (structured)")
-    structured: str = F("", "structured pruning applied: empty | heads | neurons")
+    structured: str = F("", "structured pruning applied: empty | heads | neurons | channels (image runs)")
     source: str = F("", "the run dir this run was compressed from")
 
     def __post_init__(self) -> None:
-        for name, value, choices in (("quantize", self.quantize, ("int8",)), ("structured", self.structured, ("heads", "neurons"))):
+        for name, value, choices in (("quantize", self.quantize, ("int8",)), ("structured", self.structured, ("heads", "neurons", "channels"))):
             if value not in ("", *choices):
                 raise UserError(f"compress.{name}: expected empty or one of {', '.join(choices)}, got {show(value)}")
         check_float("compress.sparsity", self.sparsity, 0.0, 1.0, lo_open=False, hi_open=True, what="a fraction")

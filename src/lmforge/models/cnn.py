@@ -61,9 +61,10 @@ class CNN(ImageModel):
         check_input(cfg, 2 ** len(widths))
         self._init_stats(cfg.in_channels)
         layers: list[nn.Module] = []
-        c = cfg.in_channels
-        for w in widths:
+        c, each = cfg.in_channels, iter(cfg.conv_widths())
+        for _ in widths:
             for _ in range(cfg.n_layer):
+                w = next(each)
                 layers.append(nn.Conv2d(c, w, 3, padding=1, bias=not cfg.batch_norm))
                 if cfg.batch_norm:
                     layers.append(nn.BatchNorm2d(w))
@@ -85,13 +86,15 @@ class CNN(ImageModel):
 
 
 class BasicBlock(nn.Module):
-    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus the shortcut (1x1 conv + BN when the shape changes), ReLU."""
+    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus the shortcut (1x1 conv + BN when the shape changes), ReLU.
+    ``inner``: the first convolution's width (``c_out`` unless channel pruning narrowed it)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, inner: int = 0) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        inner = inner or c_out
+        self.conv1 = nn.Conv2d(c_in, inner, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, c_out, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != c_out:
@@ -119,10 +122,10 @@ class ResNet(ImageModel):
         self._init_stats(cfg.in_channels)
         self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
                                   nn.ReLU(inplace=True))
-        blocks, c = [], widths[0]
+        blocks, c, inner = [], widths[0], iter(cfg.conv_widths())
         for s, w in enumerate(widths):
             for b in range(cfg.n_layer):
-                blocks.append(BasicBlock(c, w, 2 if s > 0 and b == 0 else 1))
+                blocks.append(BasicBlock(c, w, 2 if s > 0 and b == 0 else 1, next(inner)))
                 c = w
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), Dropout(cfg.dropout), nn.Linear(c, cfg.num_classes))

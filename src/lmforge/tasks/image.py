@@ -100,6 +100,17 @@ class ImageClassification(tasks.Task):
 
         return build(cfg.model)
 
+    def rebuild(self, cfg, tok, tensors, meta, source, device, base=None):
+        """The float model, or for ``lmforge compress --method int8`` of a CNN / ResNet the statically quantized one."""
+        from lmforge.models.quantize_conv import FORMAT, load_static
+
+        if cfg.compress.quantize != "int8" or meta.get("lmforge") != FORMAT:
+            return super().rebuild(cfg, tok, tensors, meta, source, device, base)
+        if torch.device(device).type != "cpu":
+            raise UserError(f"{source}: int8 convolutions run on the CPU only (PyTorch's quantized kernels); use --device cpu")
+        m = cfg.model
+        return load_static(self.build(cfg, tok), tensors, source, torch.zeros(1, m.in_channels, m.image_size, m.image_size))
+
     def batches(self, cfg, tok, data):
         """``data``: (train, val) :class:`~lmforge.data.images.ImageSet` s."""
         from lmforge.data.augment import ImageBatches

@@ -43,7 +43,7 @@ from lmforge.tools.compress.common import (
 
 METHODS = ("int8", "prune")
 SOURCE_TOKENIZER = "source_tokenizer.json"  # lmforge.tasks.translate.SOURCE_TOKENIZER
-STRUCTURES = ("heads", "neurons")
+STRUCTURES = ("heads", "neurons", "channels")  # channels: image runs (cnn, resnet)
 
 
 def _check_args(method, sparsity, structured, recover_steps, repeats, gradual=False, recover_lr=None,
@@ -107,8 +107,17 @@ def compress(run_dir: str | Path, method: str, out: str | Path, sparsity: float 
 
 
 def _check_task(src: Path, cfg, method: str, structured, recover_steps) -> None:
-    """What a translation run (an encoder-decoder) does not take: structured pruning, a recovery."""
+    """What a translation run (an encoder-decoder) does not take: structured pruning, a recovery; what an image
+    run takes instead of heads / neurons (channels), and what a text run cannot (channels)."""
+    from lmforge.tools.compress import image
     from lmforge.tools.compress.translation import is_translation
+
+    if image.is_image(cfg):
+        image.check(src, cfg, method, structured)
+        return
+    if structured == "channels":
+        raise UserError(f"--structured channels: only for image runs (cnn, resnet); {src} is a {cfg.model.name} model "
+                        "(use heads or neurons)")
 
     if method != "prune" or not is_translation(cfg):
         return
@@ -167,7 +176,13 @@ def _write_run(tmp: Path, src: Path, cfg, model, tok, method, sparsity, structur
     if cfg.finetune.labels and cfg.finetune.mode == "lora":
         new.finetune.mode = "full"  # the adapters are merged: the run holds the whole model
     details: dict = {"method": method}
-    if method == "int8":
+    from lmforge.tools.compress import image
+
+    if method == "int8" and image.is_image(cfg):
+        tensors, meta, more = image.quantize(model, cfg)
+        new.compress.quantize = "int8"
+        details.update(more)
+    elif method == "int8":
         from lmforge.models.quantize import int8_state_dict, quantize_int8
 
         qmodel, tied = quantize_int8(model)
@@ -184,7 +199,12 @@ def _write_run(tmp: Path, src: Path, cfg, model, tok, method, sparsity, structur
 
         masks, new.compress.structured = None, structured or ""
         teacher = copy.deepcopy(model) if recover_steps and recover_distill else None  # the model before pruning
-        if structured:
+        if structured == "channels":
+            kept, before = image.prune_channels(model, sparsity)
+            new.model = dataclasses.replace(new.model, layer_channels=",".join(map(str, kept)))  # validated again
+            new.compress.sparsity = round(1 - sum(kept) / before, 6)
+            details["pruned"] = image.structured_details(kept, before)
+        elif structured:
             kept, before = prune.prune_structured(model, structured, sparsity)
             key = "layer_n_head" if structured == "heads" else "layer_n_inner"
             new.model = dataclasses.replace(new.model, **{key: ",".join(map(str, kept))})  # validated again
@@ -210,7 +230,9 @@ def _write_run(tmp: Path, src: Path, cfg, model, tok, method, sparsity, structur
         details["sparsity"] = new.compress.sparsity
         tensors, meta = model.state_dict(), {"lmforge": "pruned"}
     ckpt.atomic_write_text(tmp / ckpt.CONFIG, save_config(new))
-    shutil.copy2(src / ckpt.TOKENIZER, tmp / ckpt.TOKENIZER)
+    if tok is not None:  # an image run has none
+        shutil.copy2(src / ckpt.TOKENIZER, tmp / ckpt.TOKENIZER)
+    image.copy_files(src, tmp)
     if (src / SOURCE_TOKENIZER).is_file():  # a translation run with translate.tokenizer: separate
         shutil.copy2(src / SOURCE_TOKENIZER, tmp / SOURCE_TOKENIZER)
     ckpt.save_tensors(tmp / ckpt.WEIGHTS, tensors, meta)

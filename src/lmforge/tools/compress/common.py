@@ -119,10 +119,11 @@ def metric(run_dir: Path, shown: Path, cfg, data, split, max_batches, heldout: P
 
     if heldout is not None:
         data, split = str(heldout), "val"
+    from lmforge.tools.compress.image import is_image
     from lmforge.tools.compress.translation import METRIC_KEYS, is_translation
 
     r = evaluate_run(run_dir, data=data, split=split, max_batches=max_batches)
-    keys = ("accuracy", "macro_f1", "examples") if cfg.finetune.labels else \
+    keys = ("accuracy", "macro_f1", "examples") if cfg.finetune.labels or is_image(cfg) else \
         METRIC_KEYS if is_translation(cfg) else ("loss", "perplexity", "tokens")
     m = {k: r[k] for k in keys if k in r}
     m["data"] = r["data"].replace(str(run_dir), str(shown)) if heldout is None else \
@@ -156,21 +157,27 @@ def measure(src: Path, new: Path, out: Path, data, split, max_batches, repeats: 
     cfg, orig, tok = loader.load_run(src)
     orig = plain_model(orig, cfg)
     new_cfg, comp, _ = loader.load_run(new)
-    from lmforge.tools.compress import translation
+    from lmforge.tools.compress import image, translation
 
-    labels, seq2seq = bool(cfg.finetune.labels), translation.is_translation(cfg)
-    T = min(128, max_tokens(cfg), max_tokens(new_cfg))  # a distilled student may take shorter inputs
-    ids = torch.randint(0, tok.vocab_size, (32, T), generator=torch.Generator().manual_seed(0))  # (32, T)
-    args = {b: (ids[:b], torch.ones_like(ids[:b])) if labels else (ids[:b],) for b in (1, 32)}
-    kwargs = translation.forward_args(tok, T) if seq2seq else {1: {}, 32: {}}
+    labels, seq2seq, images = bool(cfg.finetune.labels), translation.is_translation(cfg), image.is_image(cfg)
+    big = image.BATCH if images else 32
+    if images:
+        T, args, kwargs = 0, image.forward_args(cfg), {1: {}, big: {}}
+    else:
+        T = min(128, max_tokens(cfg), max_tokens(new_cfg))  # a distilled student may take shorter inputs
+        ids = torch.randint(0, tok.vocab_size, (32, T), generator=torch.Generator().manual_seed(0))  # (32, T)
+        args = {b: (ids[:b], torch.ones_like(ids[:b])) if labels else (ids[:b],) for b in (1, 32)}
+        kwargs = translation.forward_args(tok, T) if seq2seq else {1: {}, 32: {}}
     if seq2seq:
         args = {1: (), 32: ()}
     res: dict[str, dict] = {"original": {}, "compressed": {}}
-    for b in (1, 32):
+    for b in (1, big):
         t = median_ms([lambda m=m, x=args[b], kw=kwargs[b]: m(*x, **kw) for m in (orig, comp)], repeats)
         for r, ms in zip(res.values(), t):
             r[f"latency_ms_b{b}"] = ms
-            if b == 32:
+            if b == big and images:
+                r[f"throughput_img_s_b{big}"] = round(big * 1e3 / ms, 1)
+            elif b == 32:
                 r.update(throughput_seq_s_b32=round(32e3 / ms, 2), throughput_tok_s_b32=round(32e3 * T / ms, 1))
     if not labels and cfg.model.name == "gpt":
         from lmforge.tools.generate import generate
@@ -195,10 +202,10 @@ def measure(src: Path, new: Path, out: Path, data, split, max_batches, repeats: 
     o, c = res["original"], res["compressed"]
     delta = {"size_ratio": round(o["size_mb"] / c["size_mb"], 3),
              "speedup_b1": round(o["latency_ms_b1"] / c["latency_ms_b1"], 3),
-             "speedup_b32": round(o["latency_ms_b32"] / c["latency_ms_b32"], 3),
+             f"speedup_b{big}": round(o[f"latency_ms_b{big}"] / c[f"latency_ms_b{big}"], 3),
              "metric": {k: round(c["metric"][k] - o["metric"][k], 5) for k in c["metric"]
                         if k in o["metric"] and isinstance(c["metric"][k], float)}}
-    setup = {"seq_len": T, "repeats": repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    setup = {**({"image_shape": list(args[big][0].shape[1:])} if images else {"seq_len": T}), "batch": big, "repeats": repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
              "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     return {**c, "original": o, "delta": delta, "setup": setup}
 
@@ -207,7 +214,8 @@ def markdown(r: dict) -> str:
     """compression.md: a header and two rows (the original, the compressed run)."""
     m = r["metric"]
     names = ["accuracy", "macro_f1"] if "accuracy" in m else ["bleu", "chrf", "loss"] if "bleu" in m else ["loss", "perplexity"]
-    head = ["model", "size (MB)", "params (nonzero)", "latency b1 (ms)", "latency b32 (ms)", *names]
+    big = r.get("setup", {}).get("batch", 32)
+    head = ["model", "size (MB)", "params (nonzero)", "latency b1 (ms)", f"latency b{big} (ms)", *names]
     what = r["method"] + (f" {r['pruned']['structured'] or 'unstructured'} {r['sparsity']:.2f}" if "pruned" in r else "")
     if "student" in r:  # distill: the student's shape
         what += f" {r['student']['model']} {r['student']['n_layer']}x{r['student']['n_embd']}"
@@ -215,16 +223,16 @@ def markdown(r: dict) -> str:
     for label, x in ((f"original `{r['source']}`", r["original"]), (f"{what} `{r['run_dir']}`", r)):
         vals = [f"{x['metric'][k]:.4f}" if isinstance(x["metric"].get(k), float) else "-" for k in names]
         rows.append([label, f"{x['size_mb']:.3f}", f"{x['params']:,} ({x['params_nonzero']:,})",
-                     f"{x['latency_ms_b1']:.2f}", f"{x['latency_ms_b32']:.2f}", *vals])
+                     f"{x['latency_ms_b1']:.2f}", f"{x[f'latency_ms_b{big}']:.2f}", *vals])
     lines = [head, ["---"] * len(head), *rows]
     return "".join("| " + " | ".join(map(str, line)) + " |\n" for line in lines)
 
 
 def summary_line(r: dict) -> str:
     """One line for the CLI: size, speed and metric against the original."""
-    d, m, o = r["delta"], r["metric"], r["original"]["metric"]
+    d, m, o, big = r["delta"], r["metric"], r["original"]["metric"], r.get("setup", {}).get("batch", 32)
     k = "accuracy" if "accuracy" in m else "bleu" if "bleu" in m else "perplexity"
     return (f"{r['run_dir']}: {r['method']}, {r['size_mb']:.3f} MB ({d['size_ratio']:.2f}x smaller), "
             f"params {r['params']:,} ({r['params_nonzero']:,} nonzero), latency b1 {r['latency_ms_b1']:.2f} ms "
-            f"({d['speedup_b1']:.2f}x), b32 {r['latency_ms_b32']:.1f} ms ({d['speedup_b32']:.2f}x), "
+            f"({d['speedup_b1']:.2f}x), b{big} {r[f'latency_ms_b{big}']:.1f} ms ({d[f'speedup_b{big}']:.2f}x), "
             f"{k} {m.get(k, math.nan):.4f} (original {o.get(k, math.nan):.4f})")

@@ -77,8 +77,9 @@ def distill_loss(out: Outputs | Tensor, y: Tensor, temperature: float, alpha: fl
     if isinstance(out, Tensor):
         return F.cross_entropy(out.float().reshape(-1, out.size(-1)), y.reshape(-1), ignore_index=-100)
     V = out.student.size(-1)
-    s, t, y = out.student.float().reshape(-1, V), out.teacher.float().reshape(-1, V), y.reshape(-1)  # (N, V), (N,)
-    keep = y != -100
+    s, t = out.student.float().reshape(-1, V), out.teacher.float().reshape(-1, V)  # (N, V)
+    y = y.reshape(-1, V) if y.is_floating_point() else y.reshape(-1)  # class probabilities (mixup / cutmix) or indices
+    keep = y[:, 0] == y[:, 0] if y.is_floating_point() else y != -100
     everything = bool(keep.all())
     if not everything:  # a masked LM scores its masked tokens only
         s, t, y = s[keep], t[keep], y[keep]
@@ -300,7 +301,12 @@ def distill(teacher: str | Path, student_config_path: str | Path, out: str | Pat
     src, out = loader.require_run_dir(teacher), Path(out)
     check_out(src, out)
     tcfg, tmodel, tok = loader.load_run(src, verb="teach")
-    cfg = student_config(student_config_path, overrides or {}, tcfg, tok, src)
+    from lmforge.tools.compress import image
+
+    if image.is_image(tcfg):
+        cfg = image.student_config(student_config_path, overrides or {}, tcfg, src)
+    else:
+        cfg = student_config(student_config_path, overrides or {}, tcfg, tok, src)
 
     def write(tmp: Path) -> dict:
         details = _train(tmp, src, plain_model(tmodel, tcfg), tok, cfg, progress)
@@ -324,10 +330,15 @@ def _train(tmp: Path, src: Path, teacher: nn.Module, tok, cfg, progress: bool) -
     """Write the student's run files into ``tmp`` and train it; returns what compression.json adds."""
     from lmforge.config import save_config
     from lmforge.devices import resolve_device
+    from lmforge.tools.compress import image
     from lmforge.training.loop import fit
 
     ckpt.atomic_write_text(tmp / ckpt.CONFIG, save_config(cfg))
-    shutil.copy2(src / ckpt.TOKENIZER, tmp / ckpt.TOKENIZER)
+    images = image.is_image(cfg)
+    if images:  # no tokenizer: the pixel statistics instead
+        image.copy_files(src, tmp)
+    else:
+        shutil.copy2(src / ckpt.TOKENIZER, tmp / ckpt.TOKENIZER)
     labels, d = bool(cfg.finetune.labels), cfg.distill
     inner, _ = training_data(cfg, src, tok)
     teacher.requires_grad_(False)
@@ -335,6 +346,8 @@ def _train(tmp: Path, src: Path, teacher: nn.Module, tok, cfg, progress: bool) -
                              cache=labels, progress=progress)
     torch.manual_seed(cfg.train.seed)
     student = _build_student(cfg, tok)
+    if images:  # the teacher's normalisation: both read the same pixels
+        student.set_stats(teacher.pixel_mean.flatten().tolist(), teacher.pixel_std.flatten().tolist())
     if d.init_embedding:
         init_embedding(student, teacher, cfg.model.vocab_size)
     proj = None
@@ -342,14 +355,14 @@ def _train(tmp: Path, src: Path, teacher: nn.Module, tok, cfg, progress: bool) -
         ws, wt = batches.widths(student)
         proj = nn.Linear(ws, wt) if ws != wt else None
     loss = functools.partial(distill_loss, temperature=d.temperature, alpha=d.alpha, hidden_weight=d.hidden_weight)
-    s = fit(Distiller(student, proj), batches, cfg.train, tmp, loss_fn=loss, progress=progress, val_accuracy=labels,
+    s = fit(Distiller(student, proj), batches, cfg.train, tmp, loss_fn=loss, progress=progress, val_accuracy=labels or images,
             resumable=False)  # built in a temporary folder that an interruption removes
     ckpt.save_tensors(tmp / ckpt.WEIGHTS, student.state_dict(), {"lmforge": "distilled"})  # without the projection
     (tmp / ckpt.TRAIN_STATE).unlink(missing_ok=True)  # fit()'s resume state: not part of the run
-    if not labels:  # `lmforge evaluate` reads an LM run's own shards
+    if not labels and not images:  # `lmforge evaluate` reads an LM run's own shards
         shutil.copytree(src / "data", tmp / "data", copy_function=link_or_copy)
     m = cfg.model
-    shape = {"model": m.name, "n_layer": m.n_layer, "n_embd": m.n_embd,
+    shape = image.student_shape(cfg, student) if images else {"model": m.name, "n_layer": m.n_layer, "n_embd": m.n_embd,
              **({"max_length": cfg.finetune.max_length} if labels else {}),
              **({} if m.name == "lstm" else {"block_size": m.block_size})}
     training = {k: s.get(k) for k in ("steps", "seconds", "train_loss", "val_loss", "val_accuracy") if s.get(k) is not None}

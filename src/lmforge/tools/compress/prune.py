@@ -235,7 +235,7 @@ def recover(model: nn.Module, cfg, src: Path, tok, steps: int, lr: float, run_di
 
         teacher.eval().requires_grad_(False)
         batches = TeacherBatches(batches, teacher, False, torch.device("cpu"), cfg.train.dtype,
-                                 cache=classify, progress=progress)
+                                 cache=classify and tok is not None, progress=progress)  # images: per batch
         net, loss_fn = Distiller(model), functools.partial(distill_loss, temperature=temperature, alpha=alpha)
     hook = masks if isinstance(masks, GradualMasks) else (lambda step: apply_masks(model, masks)) if masks else None
     summary = fit(net, batches, train, run_dir, loss_fn=loss_fn, progress=progress, after_step=hook,

@@ -56,7 +56,8 @@ def _check_report(r, path: Path) -> None:
     for where, d in (("", r), ("original.", r.get("original"))):
         if not isinstance(d, dict):
             raise bad(f"{where[:-1]}: expected an object, got {show(d)}")
-        for key in ("latency_ms_b1", "latency_ms_b32"):
+        big = r.get("setup", {}).get("batch", 32) if isinstance(r.get("setup"), dict) else 32  # images: 64
+        for key in ("latency_ms_b1", f"latency_ms_b{big}"):
             if not number(d.get(key)):
                 raise bad(f"{where}{key}: expected a finite number, got {show(d.get(key))}")
         m = d.get("metric")
@@ -75,8 +76,10 @@ def plot_compression(runs: list[str | Path], out: str | Path, batch: int = 1) ->
     if len(kinds) > 1:
         raise UserError("report compress: mixes classifiers (accuracy) and language models (perplexity); plot them separately")
     metric = kinds.pop()
-    if batch not in (1, 32):
-        raise UserError(f"--batch {batch}: latencies are measured at batch 1 and 32")
+    missing = [r["run_dir"] for r in reports for d in (r, r["original"]) if f"latency_ms_b{batch}" not in d]
+    if missing:
+        raise UserError(f"--batch {batch}: {missing[0]} has no latency at batch {batch} (text runs are measured at batch 1 "
+                        "and 32, image runs at 1 and 64)")
     try:
         import matplotlib
 
