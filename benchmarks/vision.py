@@ -11,6 +11,12 @@ of fit()'s records of its first and last step (steps 2..N; data preparation, the
 checkpoint excluded); the plain loop's clock covers its N steps.
 The two run alternately, ``--repeats`` times after a warm-up; the medians of images/s and their ratio are
 printed as JSON (target: lmforge >= the plain loop). ``--smoke``: digits, a few steps.
+
+Both run in this one process, so both get the malloc thresholds that fit() fixes
+(``lmforge.devices.tune_host_allocator``, applied here before either runs; a plain loop's author gets the
+same from ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``). Without it glibc's adaptive threshold made
+both 10-15% slower and the ratio depend on what the process had allocated before (0.92 in the first
+measurement). ``--default-malloc`` leaves glibc's defaults (``allocator_tuned`` in the JSON says which).
 """
 
 from __future__ import annotations
@@ -37,7 +43,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="digits, a few steps")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc thresholds as they are")
     args = p.parse_args(argv)
+    import os
+
+    from lmforge.devices import tune_host_allocator
+
+    if args.default_malloc:
+        os.environ["LMFORGE_MALLOC"] = "default"  # fit() then leaves them too
+    tuned = tune_host_allocator()
     quiet_warnings()
     set_threads(args.threads)
     from lmforge.config import apply_overrides, load_config
@@ -99,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
            "batch": cfg.train.batch_size, "dtype": cfg.train.dtype, "steps": args.steps,
            "lmforge_images_per_s": round(med["lmforge"], 1), "plain_images_per_s": round(med["plain"], 1),
            "samples": {k: [round(v, 1) for v in vs] for k, vs in got.items()},
-           "ratio": ratio(med["lmforge"], med["plain"]), "ratios": {"lmforge_vs_plain": ratio(med["lmforge"], med["plain"])},
+           "allocator_tuned": tuned, "ratio": ratio(med["lmforge"], med["plain"]), "ratios": {"lmforge_vs_plain": ratio(med["lmforge"], med["plain"])},
            **machine(args.threads, args.repeats), **mon.report()}
     return emit(out)
 

@@ -54,3 +54,37 @@ def autocast_context(device: torch.device, dtype: str):
     if dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
+_ALLOCATOR_TUNED = False
+MMAP_THRESHOLD = 256 * 2**20  # bytes: blocks below this come from (and return to) malloc's heap, reused
+TRIM_THRESHOLD = 2**30  # bytes: free memory kept at the heap's top before it is given back to the system
+
+
+def tune_host_allocator() -> bool:
+    """Keep glibc's malloc from unmapping and re-faulting activation-sized blocks on every step (once per
+    process; True if it applied). By default glibc serves blocks over a threshold that adapts to what was
+    freed (128 KiB .. 32 MiB) with fresh ``mmap`` pages and trims the heap's top: training steps that allocate
+    and free the same tensors then pay page faults each time, by how much depending on what the process
+    allocated before. Fixing both thresholds (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_`` /
+    ``MALLOC_TRIM_THRESHOLD_`` would from the environment) measured 1,510 against 1,300-1,400 images/s for
+    the MNIST CNN on 2 threads (docs/results.md); it costs up to ``TRIM_THRESHOLD`` of freed memory held.
+    A no-op off glibc (macOS, Windows, musl) or when ``LMFORGE_MALLOC=default``."""
+    global _ALLOCATOR_TUNED
+    import os
+    import sys
+
+    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux") or os.environ.get("LMFORGE_MALLOC") == "default":
+        return _ALLOCATOR_TUNED
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):
+            return False
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+        _ALLOCATOR_TUNED = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+            bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+    return _ALLOCATOR_TUNED

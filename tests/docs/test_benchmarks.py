@@ -197,3 +197,20 @@ def test_vision_smoke(bench, capsys):
     assert last_json(capsys) == out
     assert COMMON <= out.keys() and out["benchmark"] == "vision" and out["model"] == "cnn"
     assert out["lmforge_images_per_s"] > 0 and out["plain_images_per_s"] > 0 and out["ratio"] > 0
+
+
+def test_image_robustness_smoke(bench, capsys, tmp_path):
+    from lmforge.recipes.train import train
+
+    run = tmp_path / "digits"
+    train(str(REPO / "configs" / "digits-cnn.yaml"), out=run, progress=False,
+          overrides={"train.max_steps": "30", "train.eval_interval": "0", "train.save_interval": "30", "train.keep_best": ""})
+    out = bench("image_robustness").main([str(run), "--threads", "1", "--out", str(tmp_path / "shifted.npz")])
+    assert last_json(capsys) == out
+    assert COMMON <= out.keys() and out["benchmark"] == "image_robustness"
+    r = out["runs"][str(run)]
+    assert 0 <= r["shifted_accuracy"] <= 1 and 0 < r["test_accuracy"] <= 1 and out["shifted"]["images"] > 100
+    import numpy as np
+
+    with np.load(tmp_path / "shifted.npz") as z:
+        assert z["images"].dtype == np.uint8 and z["images"].shape[1:] == (8, 8, 1) and len(z["labels"]) == out["shifted"]["images"]

@@ -240,3 +240,16 @@ def test_images_quick_block_runs(tmp_path):
     assert sorted(p.name for p in (cwd / "runs" / "digits-cnn" / "plots").iterdir()) == ["confusion-test.png", "worst-test.png"]
     label, prob, name = out[cmds[-1]].strip().split("\t")
     assert label in "0123456789" and 0 < float(prob) <= 1 and name == "digit.png"
+
+
+@pytest.mark.slow
+def test_images_compress_block_runs(tmp_path):
+    """docs/images.md's compress block as written: int8, channel pruning with recovery, distillation, evaluate."""
+    cwd = scratch(tmp_path)
+    cmds = commands(code_blocks(section(REPO / "docs" / "images.md", "## Compress"))[0])
+    out = run_commands(cmds, cwd)
+    runs = cwd / "runs"
+    for name, method in (("digits-cnn-int8", "int8"), ("digits-cnn-pruned", "prune"), ("digits-cnn-small", "distill")):
+        r = json.loads((runs / name / "compression.json").read_text())
+        assert r["method"] == method and r["metric"]["accuracy"] > 0.3, (name, r["metric"])
+    assert "accuracy" in out[cmds[-1]]

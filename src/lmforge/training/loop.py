@@ -100,6 +100,9 @@ def fit(
 
     The steps are the methods of :class:`_Run`, in the order they run.
     """
+    from lmforge.devices import tune_host_allocator
+
+    tune_host_allocator()  # steps allocate and free the same blocks: keep them in the heap (devices.py)
     run = _Run(model, batches, cfg, Path(run_dir), loss_fn, info or distributed.DistInfo(), lr_scale,
                after_step, val_accuracy, evaluator)
     run.restore()
