@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import emit, machine, quiet_warnings, set_threads
+from _common import LoadMonitor, emit, machine, quiet_warnings, set_threads
 
 
 def shifted_copy(run: str, out: Path, rotate: float, shift: float, seed: int) -> dict:
@@ -61,15 +61,16 @@ def main(argv: list[str] | None = None) -> dict:
     from lmforge.tools.evaluate import evaluate_run
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="lmforge-robust-")) / "shifted.npz"
-    made = shifted_copy(args.runs[0], out, args.rotate, args.shift, args.seed)
     rows = {}
-    for run in args.runs:
-        test = evaluate_run(run, split="test")["accuracy"]
-        moved = evaluate_run(run, data=str(out))["accuracy"]
-        rows[run] = {"test_accuracy": test, "shifted_accuracy": moved, "drop": round(test - moved, 5)}
+    with LoadMonitor() as mon:
+        made = shifted_copy(args.runs[0], out, args.rotate, args.shift, args.seed)
+        for run in args.runs:
+            test = evaluate_run(run, split="test")["accuracy"]
+            moved = evaluate_run(run, data=str(out))["accuracy"]
+            rows[run] = {"test_accuracy": test, "shifted_accuracy": moved, "drop": round(test - moved, 5)}
     ratios = {run: round(r["shifted_accuracy"] / max(r["test_accuracy"], 1e-9), 4) for run, r in rows.items()}
     return emit({"benchmark": "image_robustness", "shifted": made, "runs": rows, "ratio": min(ratios.values()),
-                 "ratios": ratios, **machine(args.threads, 1)})
+                 "ratios": ratios, **machine(args.threads, 1), **mon.report()})
 
 
 if __name__ == "__main__":
