@@ -32,6 +32,7 @@ _API = {
     "compress": ("lmforge.tools.compress", "compress"),
     "distill": ("lmforge.tools.compress.distill", "distill"),
     "export": ("lmforge.tools.export", "export_run"),
+    "explain": ("lmforge.tools.explain", "explain"),
     "serve": ("lmforge.tools.serve", "serve"),
     "train_tokenizer": ("lmforge.tools.train_tokenizer", "train_from_spec"),
     "load_run": ("lmforge.runs.loader", "load_run"),

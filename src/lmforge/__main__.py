@@ -16,6 +16,7 @@ from lmforge.commands import (  # noqa: E402 - the verbs' bodies; this module on
     cmd_data_get,
     cmd_data_list,
     cmd_evaluate,
+    cmd_explain,
     cmd_export,
     cmd_finetune,
     cmd_generate,
@@ -167,6 +168,25 @@ def _evaluate_parser(verbs) -> None:
     ev.set_defaults(func=cmd_evaluate)
 
 
+def _explain_parser(verbs) -> None:
+    ex = verbs.add_parser("explain", help="why a text classifier decided: token attributions as an HTML page / JSON, "
+                          "and their faithfulness on a test split")
+    ex.add_argument("run_dir", type=path_arg, help="run directory (a fine-tuned text classifier)")
+    ex.add_argument("texts", nargs="*", help="texts to explain")
+    ex.add_argument("--method", default=None, help="ig (integrated gradients, default) | occlusion | random; with "
+                    "--faithfulness, a comma-separated list (default ig,occlusion; random is always added)")
+    ex.add_argument("--target", default=None, help="the class to explain (default: the predicted one)")
+    ex.add_argument("--out", type=path_arg, default=None, metavar="FILE.html", help="write the HTML page here")
+    ex.add_argument("--json", type=path_arg, default=None, metavar="OUT", help="write the numbers here")
+    ex.add_argument("--split", default=None, choices=["train", "val", "test"], help="with --faithfulness: the split "
+                    "whose texts are scored")
+    ex.add_argument("--data", type=path_arg, default=None, help="with --faithfulness: another labelled file or set")
+    ex.add_argument("--faithfulness", type=int, default=None, metavar="N", help="ERASER comprehensiveness and "
+                    "sufficiency of each method and of random attributions over N texts of --split")
+    ex.add_argument("--seed", type=int, default=0, help="draws of the texts and of the random attributions (default 0)")
+    ex.set_defaults(func=cmd_explain)
+
+
 def _predict_parser(verbs) -> None:
     pr = verbs.add_parser("predict", help="label and probability of each text with a fine-tuned classifier")
     pr.add_argument("run_dir", type=path_arg, help="run directory of a fine-tuned classifier")
@@ -249,7 +269,7 @@ def _serve_parser(verbs) -> None:
 
 
 VERB_PARSERS = (_data_parser, _tokenizer_parser, _pretrain_parser, _finetune_parser, _train_parser,  # `lmforge --help` order
-                _generate_parser, _translate_parser, _evaluate_parser, _predict_parser, _export_parser, _compress_parser,
+                _generate_parser, _translate_parser, _evaluate_parser, _predict_parser, _explain_parser, _export_parser, _compress_parser,
                 _report_parser, _serve_parser)
 
 

@@ -124,6 +124,30 @@ def cmd_evaluate(args) -> None:
     print(text)
 
 
+def cmd_explain(args) -> None:
+    from lmforge.tools.explain import explain, faithfulness_run
+
+    for flag in ("out", "json"):
+        value = getattr(args, flag)
+        if value is not None and not str(value).strip():
+            raise UserError(f"--{flag}: expected a file name, got {value!r}")
+    if args.faithfulness is not None or args.split is not None:
+        if args.faithfulness is None or args.split is None or args.texts or args.out or args.target:
+            raise UserError("explain: --faithfulness N goes with --split SPLIT (and --json OUT), without texts, --out "
+                            "or --target")
+        methods = [m.strip() for m in args.method.split(",")] if args.method else None
+        result = faithfulness_run(args.run_dir, args.split, args.faithfulness, methods, args.data, args.json, args.seed)
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    rows = explain(args.run_dir, args.texts, args.method or "ig", args.target, args.out, args.json)
+    for r in rows:
+        top = sorted((t for t in r["tokens"] if not t["special"]), key=lambda t: -t["score"])[:5]
+        shown = ", ".join(f"{t['piece'].strip() or repr(t['piece'])} {t['score']:+.3f}" for t in top)
+        print(f"{r['predicted']}\t{r['probabilities'][r['predicted']]:.4f}\t{r['method']}: {shown}")
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
 def cmd_predict(args) -> None:
     from lmforge.tools.evaluate import predict_texts
 
