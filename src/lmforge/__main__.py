@@ -22,7 +22,7 @@ from lmforge.commands import (  # noqa: E402 - the verbs' bodies; this module on
     cmd_generate,
     cmd_predict,
     cmd_pretrain,
-    cmd_report_compress,
+    cmd_report,
     cmd_serve,
     cmd_tokenizer_train,
     cmd_train,
@@ -237,13 +237,20 @@ def _compress_parser(verbs) -> None:
 
 
 def _report_parser(verbs) -> None:
-    rep = verbs.add_parser("report", help="plots comparing runs")
-    rep_verbs = rep.add_subparsers(dest="report_verb", metavar="<kind>", parser_class=Parser)
-    rc = rep_verbs.add_parser("compress", help="accuracy (or perplexity) vs latency of compressed runs and their originals (PNG)")
-    rc.add_argument("runs", type=path_arg, nargs="+", metavar="RUN", help="run dirs made by `lmforge compress`")
-    rc.add_argument("--out", type=path_arg, required=True, help="PNG file to write")
-    rc.add_argument("--batch", type=int, choices=[1, 32], default=1, help="latency at batch 1 or 32 (default 1)")
-    rc.set_defaults(func=cmd_report_compress)
+    rep = verbs.add_parser("report", help="one HTML page of runs (curves, evaluation, worst errors, comparison); "
+                           "`report compress`: the compression plot (PNG)",
+                           usage="lmforge report RUN [RUN ...] --out report.html [--split val] [--errors 5]\n"
+                                 "       lmforge report compress RUN [RUN ...] --out plot.png [--batch 1|32|64]")
+    rep.add_argument("runs", type=path_arg, nargs="+", metavar="RUN", help="run dirs; `compress RUN ...`: runs made by "
+                     "`lmforge compress`, plotted as quality vs latency")
+    rep.add_argument("--out", type=path_arg, required=True, help="report.html to write (compress: a PNG file)")
+    rep.add_argument("--split", default="val", choices=["train", "val", "test"], help="split each run is evaluated on "
+                     "(default val)")
+    rep.add_argument("--errors", type=int, default=5, help="text classifiers: the most confidently wrong examples "
+                     "shown, explained (default 5; 0 = none)")
+    rep.add_argument("--batch", type=int, choices=[1, 32, 64], default=1, help="compress: latency at batch 1 or "
+                     "32 (64 for image runs; default 1)")
+    rep.set_defaults(func=cmd_report)
 
 
 def _serve_parser(verbs) -> None:

@@ -178,10 +178,19 @@ def cmd_compress(args) -> None:
     print(summary_line(r))
 
 
-def cmd_report_compress(args) -> None:
-    from lmforge.tools.compress.report import plot_compression
+def cmd_report(args) -> None:
+    if args.runs[0] == "compress":
+        from lmforge.tools.compress.report import plot_compression
 
-    print(plot_compression(args.runs, args.out, batch=args.batch))
+        if len(args.runs) < 2:
+            raise UserError("report compress: give at least one run dir made by `lmforge compress`")
+        print(plot_compression(args.runs[1:], args.out, batch=args.batch))
+        return
+    from lmforge.tools.report_page import report
+
+    if args.errors < 0:
+        raise UserError(f"--errors {args.errors}: expected 0 or more")
+    print(report(args.runs, args.out, split=args.split, errors=args.errors))
 
 
 def cmd_serve(args) -> None:

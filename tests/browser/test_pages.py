@@ -1,4 +1,4 @@
-"""Pages checked in a real headless Chromium (tests/helpers/browser.py): the `lmforge explain` page and the
+"""Pages checked in a real headless Chromium (tests/helpers/browser.py): the `lmforge explain` and `report` pages and the
 server's /docs render, log nothing to the console and fetch nothing from the network."""
 
 from __future__ import annotations
@@ -42,3 +42,20 @@ def test_server_docs_render_offline(tmp_path):
     with running(create_app(models)) as url:
         v = visit(url + "/docs", tmp_path / "shot", budget_ms=6000)
     assert_looks_right(v)
+
+
+@pytest.mark.slow
+def test_report_page_renders_offline(tmp_path):
+    pytest.importorskip("matplotlib")
+    from helpers import TINY, make_corpus, make_labelled
+
+    from lmforge.__main__ import main
+
+    corpus = make_corpus(tmp_path / "corpus.txt")
+    assert main(["pretrain", "--config", TINY, "--data.path", str(corpus), "--train.max_steps=20", "--out", str(tmp_path / "lm")]) == 0
+    data = make_labelled(tmp_path / "train.tsv")
+    assert main(["finetune", "--base", str(tmp_path / "lm"), "--finetune.data", str(data), "--train.max_steps=20",
+                 "--train.eval_interval=10", "--out", str(tmp_path / "clf")]) == 0
+    page = tmp_path / "report.html"
+    assert main(["report", str(tmp_path / "clf"), str(tmp_path / "lm"), "--out", str(page)]) == 0
+    assert_looks_right(visit(page.as_uri(), tmp_path / "shot", size=(1300, 1600)))

@@ -200,11 +200,13 @@ def test_training_and_finetune_quick_blocks_run(tmp_path):
     training = commands(code_blocks(section(REPO / "docs" / "training.md", "## Data and tokenizer"))[1])
     finetune = commands(code_blocks(section(REPO / "docs" / "finetune.md", "## On your own data, in seconds"))[0])
     explain = commands(code_blocks(section(REPO / "docs" / "explain.md", "## A text, as a page"))[0])
+    explain += commands(code_blocks(section(REPO / "docs" / "explain.md", "## Report"))[0])
     assert any("--resume" in c for c in training) and any("electra" in c for c in training)
     out = run_commands(training + finetune + explain, cwd)
     assert "<!DOCTYPE html>" in (cwd / "why.html").read_text(encoding="utf-8")
     assert json.loads((cwd / "why.json").read_text())[0]["target"] == "positive"
     assert {"ig", "occlusion", "random"} <= json.loads((cwd / "faithfulness.json").read_text()).keys()
+    assert "comparison" in (cwd / "report.html").read_text(encoding="utf-8")
     runs = cwd / "runs"
     assert (runs / "tok-notes" / "tokenizer.json").exists()
     assert all((runs / r / "model.safetensors").exists() for r in ("notes-gpt", "notes-bert", "notes-electra",

@@ -48,15 +48,20 @@ def _bars_png(pieces: list[str], scores: list[float], n: int = 12) -> str | None
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def token_spans(e) -> str:
+    """An explanation's tokens as shaded HTML spans (classes ``tok`` and ``sp`` for the specials)."""
+    top = max((abs(s) for s in e.scores), default=0.0)
+    return "".join(
+        f'<span class="tok sp" title="{html.escape(p)}">{html.escape(p)}</span>' if sp else
+        f'<span class="tok" style="{_shade(s, top)}" title="{s:+.4f}">{html.escape(p)}</span>'
+        for p, s, sp in zip(e.pieces, e.scores, e.special))
+
+
 def render(explanations, label_names: list[str], run_dir: str) -> str:
     """The page for a list of :class:`~lmforge.tools.explain.attribution.Explanation`."""
     cards = []
     for e in explanations:
-        top = max((abs(s) for s in e.scores), default=0.0)
-        toks = "".join(
-            f'<span class="tok sp" title="{html.escape(p)}">{html.escape(p)}</span>' if sp else
-            f'<span class="tok" style="{_shade(s, top)}" title="{s:+.4f}">{html.escape(p)}</span>'
-            for p, s, sp in zip(e.pieces, e.scores, e.special))
+        toks = token_spans(e)
         pred = max(range(len(e.probs)), key=lambda k: e.probs[k])
         probs = "".join(f"<tr><td>{html.escape(n)}</td><td>{p:.4f}</td></tr>" for n, p in zip(label_names, e.probs))
         extra = ""
