@@ -141,6 +141,9 @@ def cmd_explain(args) -> None:
         return
     rows = explain(args.run_dir, args.texts, args.method or "ig", args.target, args.out, args.json)
     for r in rows:
+        if "file" in r:  # an image
+            print(f"{r['predicted']}\t{r['probabilities'][r['predicted']]:.4f}\t{r['method']}: {r['file']}")
+            continue
         top = sorted((t for t in r["tokens"] if not t["special"]), key=lambda t: -t["score"])[:5]
         shown = ", ".join(f"{t['piece'].strip() or repr(t['piece'])} {t['score']:+.3f}" for t in top)
         print(f"{r['predicted']}\t{r['probabilities'][r['predicted']]:.4f}\t{r['method']}: {shown}")

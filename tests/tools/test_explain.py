@@ -106,3 +106,32 @@ def test_explain_bad_input(clf, tmp_path, capsys):
         (["explain", str(tmp / "lm"), "some text", "--out", str(tmp_path / "a.html")], "text classifiers"),
     ]
     assert_one_line_errors(main, cases, tmp_path, capsys)
+
+
+def test_explain_an_image_run(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from lmforge.data.images import load_images
+    from lmforge.recipes.train import train
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "digits"
+    train(str(repo / "configs" / "digits-cnn.yaml"), out=run, progress=False,
+          overrides={"train.max_steps": "60", "train.eval_interval": "0", "train.save_interval": "60", "train.keep_best": ""})
+    d = load_images("digits", "test")
+    files = []
+    for i in range(2):
+        files.append(str(tmp_path / f"d{i}.png"))
+        Image.fromarray(d.images[i, 0].numpy()).save(files[-1])
+    page, js = tmp_path / "why.html", tmp_path / "why.json"
+    assert main(["explain", str(run), *files, "--method", "ig", "--out", str(page), "--json", str(js)]) == 0
+    rows = json.loads(js.read_text())
+    for r in rows:
+        assert len(r["scores"]) == 8 and len(r["scores"][0]) == 8 and r["converged"]
+        total = sum(map(sum, r["scores"]))
+        assert abs(total - (r["probabilities"][r["target"]] - r["baseline_prob"])) <= r["delta"] + 1e-4
+    assert (tmp_path / "why-0.png").read_bytes()[:4] == b"\x89PNG" and "data:image/png;base64," in page.read_text()
+    assert main(["explain", str(run), files[0], "--method", "occlusion", "--target", "3", "--json", str(js)]) == 0
+    assert json.loads(js.read_text())[0]["target"] == "3"
+    capsys.readouterr()

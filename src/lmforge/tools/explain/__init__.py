@@ -17,23 +17,26 @@ from lmforge.runs import loader
 from lmforge.tools.explain.attribution import METHODS, explain_text
 
 
-def _classifier(run_dir):
+def _classifier(run_dir, images: bool = False):
     from lmforge import tasks
 
     src = loader.require_run_dir(run_dir)
     cfg = loader.read_run_config(src)
     name = tasks.of(cfg).name
-    if name != "classify":
-        raise UserError(f"{src}: a {name} run; lmforge explain covers text classifiers so far (a run of "
-                        "`lmforge finetune` with finetune.labels)")
+    if name not in (("classify", "image") if images else ("classify",)):
+        raise UserError(f"{src}: a {name} run; lmforge explain covers text classifiers" + (" and image runs" if images
+                        else "") + " so far (a run of `lmforge finetune` with finetune.labels" +
+                        (", or of task image)" if images else ")"))
     cfg, model, tok = loader.load_run(src, verb="explain")
+    if cfg.compress.quantize:
+        raise UserError(f"{src}: int8-quantized; explain the float run it was made from ({cfg.compress.source or '?'})")
     return src, cfg, model.float(), tok
 
 
 def _target(cfg, target: str | None) -> int | None:
     if target is None:
         return None
-    names = cfg.finetune.label_names
+    names = cfg.finetune.label_names if cfg.finetune.labels else cfg.image.label_names
     if target not in names:
         raise UserError(f"--target {target!r}: not a class of this run (expected one of: {', '.join(names)})")
     return names.index(target)
@@ -41,7 +44,8 @@ def _target(cfg, target: str | None) -> int | None:
 
 def explain(run_dir, texts: list[str], method: str = "ig", target: str | None = None, out: str | None = None,
             json_out: str | None = None) -> list[dict]:
-    """Attributions of ``method`` for each of ``texts``; writes the HTML page ``out`` and / or ``json_out``."""
+    """Attributions of ``method`` for each of ``texts`` (an image run: image files); writes the HTML page ``out``
+    and / or ``json_out``."""
     if method not in METHODS:
         raise UserError(f"--method {method}: expected one of {', '.join(METHODS)}")
     if not texts:
@@ -51,8 +55,12 @@ def explain(run_dir, texts: list[str], method: str = "ig", target: str | None = 
         raise UserError("explain: give --out FILE.html and / or --json OUT.json for the result")
     if out and not str(out).endswith((".html", ".htm")):
         raise UserError(f"--out {out}: expected an .html file")
-    src, cfg, model, tok = _classifier(run_dir)
+    src, cfg, model, tok = _classifier(run_dir, images=True)
     c = _target(cfg, target)
+    if tok is None:  # an image run: the inputs are image files
+        from lmforge.tools.explain.image import explain_images
+
+        return explain_images(src, cfg, model, texts, method, c, out, json_out)
     found = [explain_text(model, tok, t, cfg.classifier_max_length, method, c) for t in texts]
     names = cfg.finetune.label_names
     rows = [{"text": e.text, "method": e.method, "target": names[e.target], "predicted": names[max(range(len(e.probs)),
