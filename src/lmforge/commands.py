@@ -186,7 +186,7 @@ def cmd_report(args) -> None:
         from lmforge.tools.compress.report import plot_compression
 
         if len(args.runs) < 2:
-            raise UserError("report compress: give at least one run dir made by `lmforge compress`")
+            raise UserError("report compress: give at least one RUN (a run dir made by `lmforge compress`)")
         print(plot_compression(args.runs[1:], args.out, batch=args.batch))
         return
     from lmforge.tools.report_page import report

@@ -39,6 +39,6 @@ def test_report_bad_input(runs, tmp_path, capsys):
         (["report", str(runs / "clf"), "--out", str(tmp_path / "r.png")], "expected an .html file"),
         (["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r.html")], "nothing"),
         (["report", str(runs / "clf"), "--errors", "-1", "--out", str(tmp_path / "r.html")], "--errors -1"),
-        (["report", "compress", "--out", str(tmp_path / "p.png")], "at least one run"),
+        (["report", "compress", "--out", str(tmp_path / "p.png")], "at least one RUN"),
     ]
     assert_one_line_errors(main, cases, tmp_path, capsys)
