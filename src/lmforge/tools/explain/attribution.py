@@ -89,6 +89,18 @@ def baseline_ids(ids: Tensor, special: Tensor, pad_id: int) -> Tensor:
     return torch.where(special, ids, torch.full_like(ids, pad_id))
 
 
+def until_converged(run, n_steps: int = N_STEPS) -> tuple[Tensor, float, int]:
+    """``run(steps) -> (attributions, delta)`` with the steps doubled from ``n_steps`` until |delta| <= the
+    tolerance or ``MAX_STEPS``; -> (attributions, |delta|, steps)."""
+    steps = n_steps
+    while True:
+        attr, delta = run(steps)
+        delta = float(delta.abs().max())
+        if delta <= DELTA_TOLERANCE or steps >= MAX_STEPS:
+            return attr, delta, steps
+        steps *= 2
+
+
 def integrated_gradients(model: nn.Module, ids: Tensor, special: Tensor, target: int, pad_id: int, vocab_size: int,
                          n_steps: int = N_STEPS) -> tuple[Tensor, dict]:
     """IG scores (T,) for one sequence ``ids`` (T,), doubling the steps until the delta is within tolerance."""
@@ -101,14 +113,9 @@ def integrated_gradients(model: nn.Module, ids: Tensor, special: Tensor, target:
     lig = LayerIntegratedGradients(f, token_embedding(model, vocab_size))
     x, base = ids.view(1, -1), baseline_ids(ids, special, pad_id).view(1, -1)
     mask, tgt = torch.ones_like(x), torch.tensor([target])
-    steps = n_steps
-    while True:
-        attr, delta = lig.attribute(x, baselines=base, additional_forward_args=(mask, tgt), n_steps=steps,
-                                    method="gausslegendre", return_convergence_delta=True, internal_batch_size=64)
-        delta = float(delta.abs().max())
-        if delta <= DELTA_TOLERANCE or steps >= MAX_STEPS:
-            break
-        steps *= 2
+    attr, delta, steps = until_converged(
+        lambda n: lig.attribute(x, baselines=base, additional_forward_args=(mask, tgt), n_steps=n, method="gausslegendre",
+                                return_convergence_delta=True, internal_batch_size=64), n_steps)
     with torch.no_grad():
         p_base = float(f(base, mask, tgt))
     scores = attr.sum(-1).squeeze(0).detach()  # (T,) summed over the embedding dimensions

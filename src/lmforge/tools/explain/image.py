@@ -22,7 +22,7 @@ from torch import nn
 
 from lmforge.errors import UserError
 from lmforge.runs import files as ckpt
-from lmforge.tools.explain.attribution import DELTA_TOLERANCE, MAX_STEPS, N_STEPS
+from lmforge.tools.explain.attribution import DELTA_TOLERANCE, until_converged
 
 
 class _Prob(nn.Module):
@@ -43,14 +43,10 @@ def attribute(model: nn.Module, x: torch.Tensor, target: int, method: str, seed:
     f, xb, tgt = _Prob(model), x.unsqueeze(0), torch.tensor([target])
     extra: dict = {}
     if method == "ig":
-        ig, steps = IntegratedGradients(f), N_STEPS
-        while True:
-            a, delta = ig.attribute(xb, baselines=torch.zeros_like(xb), additional_forward_args=(tgt,), n_steps=steps,
-                                    method="gausslegendre", return_convergence_delta=True, internal_batch_size=64)
-            delta = float(delta.abs().max())
-            if delta <= DELTA_TOLERANCE or steps >= MAX_STEPS:
-                break
-            steps *= 2
+        ig = IntegratedGradients(f)
+        a, delta, steps = until_converged(
+            lambda n: ig.attribute(xb, baselines=torch.zeros_like(xb), additional_forward_args=(tgt,), n_steps=n,
+                                   method="gausslegendre", return_convergence_delta=True, internal_batch_size=64))
         with torch.no_grad():
             extra = {"delta": round(delta, 6), "steps": steps, "converged": delta <= DELTA_TOLERANCE,
                      "baseline_prob": round(float(f(torch.zeros_like(xb), tgt)), 6)}
