@@ -154,7 +154,7 @@ def _run_section(run: Path, split: str, errors: int) -> tuple[str, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         ev = evaluate_run(run, split=split, plot=tmp if task == "image" else None)
         parts.append(f"<h3>evaluation ({html.escape(ev.get('data', split))})</h3>" + _evaluation(ev))
-        for p in ev.get("plots", {}).values() if isinstance(ev.get("plots"), dict) else ev.get("plots", []) or []:
+        for p in ev.get("plots", []):  # an image run's confusion matrix and worst images
             parts.append(f'<img alt="evaluation plot" src="{_file_uri(Path(p))}" style="max-width:48%">')
     if task == "classify" and errors:
         _, model, tok = loader.load_run(run)

@@ -205,7 +205,8 @@ def measure(src: Path, new: Path, out: Path, data, split, max_batches, repeats: 
              f"speedup_b{big}": round(o[f"latency_ms_b{big}"] / c[f"latency_ms_b{big}"], 3),
              "metric": {k: round(c["metric"][k] - o["metric"][k], 5) for k in c["metric"]
                         if k in o["metric"] and isinstance(c["metric"][k], float)}}
-    setup = {**({"image_shape": list(args[big][0].shape[1:])} if images else {"seq_len": T}), "batch": big, "repeats": repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    shape = {"image_shape": list(args[big][0].shape[1:])} if images else {"seq_len": T}
+    setup = {**shape, "batch": big, "repeats": repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
              "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     return {**c, "original": o, "delta": delta, "setup": setup}
 

@@ -78,8 +78,9 @@ def distill_loss(out: Outputs | Tensor, y: Tensor, temperature: float, alpha: fl
         return F.cross_entropy(out.float().reshape(-1, out.size(-1)), y.reshape(-1), ignore_index=-100)
     V = out.student.size(-1)
     s, t = out.student.float().reshape(-1, V), out.teacher.float().reshape(-1, V)  # (N, V)
-    y = y.reshape(-1, V) if y.is_floating_point() else y.reshape(-1)  # class probabilities (mixup / cutmix) or indices
-    keep = y[:, 0] == y[:, 0] if y.is_floating_point() else y != -100
+    soft = y.is_floating_point()  # class probabilities (mixup / cutmix), scored everywhere, or class indices
+    y = y.reshape(-1, V) if soft else y.reshape(-1)
+    keep = torch.ones(len(y), dtype=torch.bool, device=y.device) if soft else y != -100
     everything = bool(keep.all())
     if not everything:  # a masked LM scores its masked tokens only
         s, t, y = s[keep], t[keep], y[keep]
